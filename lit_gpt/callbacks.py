@@ -1,0 +1,130 @@
+"""Callbacks that make a run watchable: throughput and MFU, and a text sample at every validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lit_gpt.flops import peak_flops
+from lit_gpt.generate import generate_text
+
+
+class TokenThroughput(ThroughputMonitor):
+    """Lightning's ThroughputMonitor for (inputs, targets) batches, logging tokens/s (also on the progress bar),
+    FLOP/s and MFU. On a CPU, where Lightning knows no peak, the peak is measured with a large matmul at start-up.
+    """
+
+    def __init__(self, window_size: int = 20, measure_cpu_peak: bool = True) -> None:
+        """
+        Args:
+            window_size: Optimizer steps averaged over for each figure.
+            measure_cpu_peak: On a CPU, time a 2048x2048 matmul (about 1 s) to have a peak for MFU.
+        """
+        super().__init__(
+            batch_size_fn=lambda batch: batch[0].size(0),
+            length_fn=lambda batch: batch[0].numel(),
+            window_size=window_size,
+        )
+        self.measure_cpu_peak = measure_cpu_peak
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        device = trainer.strategy.root_device
+        if self.available_flops is None and device.type == "cpu" and self.measure_cpu_peak:
+            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+            self.available_flops = peak_flops(device, dtype)
+        for throughput in self._throughputs.values():
+            throughput.available_flops = self.available_flops
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if trainer.is_global_zero and not trainer.fit_loop._should_accumulate():
+            metrics = self._throughputs[RunningStage.TRAINING].compute()
+            per_device = metrics.get("device/items_per_sec")
+            if per_device is not None:
+                tokens_per_sec = per_device * trainer.world_size
+                pl_module.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True, rank_zero_only=True)
+
+
+class SampleText(L.Callback):
+    """Generates a short text at the end of every validation and logs it to TensorBoard's Text tab."""
+
+    def __init__(
+        self,
+        prompt: str = "\n",
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+        seed: int = 1337,
+    ) -> None:
+        """
+        Args:
+            prompt: Text the sample starts from.
+            max_new_tokens: Length of each sample in tokens; 0 turns sampling off.
+            temperature: Sampling temperature.
+            top_k: Sample only among the k most likely tokens.
+            seed: Seed of the sampling (its own generator: training's random stream is not touched).
+        """
+        self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.seed = (
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+        )
+        self.last_sample: str | None = None
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.max_new_tokens <= 0 or pl_module.tokenizer is None:
+            return
+        model = pl_module.model
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        was_training = model.training
+        model.eval()
+        try:
+            text = generate_text(
+                model,
+                pl_module.tokenizer,
+                self.prompt,
+                self.max_new_tokens,
+                self.temperature,
+                self.top_k,
+                generator=generator,
+            )
+        finally:
+            model.train(was_training)
+        self.last_sample = text
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                # Markdown: indent by 4 so line breaks and spacing show as written.
+                experiment.add_text("sample", "    " + text.replace("\n", "\n    "), trainer.global_step)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar with short metric names: step, loss, val loss and tokens/s."""
+
+    SHORT = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_sec": "tok/s"}
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return (
+            "Training"
+            if self.trainer.max_epochs == -1 or self.trainer.max_steps > 0
+            else super()._get_train_description(current_epoch)
+        )
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        shown = {"step": trainer.global_step}
+        for key, name in self.SHORT.items():
+            if key in metrics:
+                value = metrics[key]
+                shown[name] = f"{value:.0f}" if name == "tok/s" else value
+        return shown

@@ -1,0 +1,64 @@
+"""Reading lit-gpt checkpoints outside the Trainer (generate, export, init_from): safely, with clear errors."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_gpt.errors import LitGPTError
+from lit_gpt.lightning_module import CHECKPOINT_KEY
+from lit_gpt.model import GPT, GPTConfig
+from lit_gpt.tokenizer import Tokenizer
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the newest ``last.ckpt`` (else newest ``*.ckpt``) under a run folder."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for pattern in ("last.ckpt", "*.ckpt"):
+            found = sorted(p.rglob(pattern), key=lambda f: f.stat().st_mtime)
+            if found:
+                return found[-1]
+        raise LitGPTError(f"no checkpoint (*.ckpt) under {str(path)!r}: train first, or give the path of a .ckpt file")
+    raise LitGPTError(f"checkpoint {str(path)!r} does not exist")
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: a file that would run code when unpickled is refused."""
+    p = resolve_checkpoint(path)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise LitGPTError(
+            f"refused to load {str(p)!r}: it holds objects that would run code when unpickled "
+            f"({str(e).splitlines()[0]}). Load only checkpoints you trust, and re-save them as plain tensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise LitGPTError(
+            f"checkpoint {str(p)!r} is truncated or corrupt ({str(e).splitlines()[0]}); use an earlier checkpoint"
+        ) from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    """The trained GPT (in eval mode), its tokenizer, and the raw checkpoint."""
+    ckpt = load_raw(path)
+    saved = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if saved is None:
+        raise LitGPTError(f"{str(path)!r} is not a lit-gpt checkpoint (it has no '{CHECKPOINT_KEY}' section)")
+    if saved.get("tokenizer") is None:
+        raise LitGPTError(f"{str(path)!r} has no tokenizer: it cannot turn generated ids into text")
+    model = GPT(GPTConfig(**saved["model_config"]))
+    state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()}
+    state = {k: v for k, v in state.items() if not k.startswith("val_loss")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise LitGPTError(f"checkpoint {str(path)!r} does not match its own model config: {e}") from None
+    model.to(device).eval()
+    return model, Tokenizer.from_dict(saved["tokenizer"]), ckpt

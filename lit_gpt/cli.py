@@ -1,0 +1,176 @@
+"""The ``lit-gpt`` command.
+
+``lit-gpt fit|validate --config CFG`` is Lightning's LightningCLI over ``LitGPT`` and ``TextDataModule``: every
+constructor argument (and its docstring, as help) is a config key and a ``--flag``. ``lit-gpt generate`` samples
+from a checkpoint. Problems a user can fix end in one line on stderr and exit code 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import torch
+from jsonargparse import CLI
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
+from lit_gpt.checkpoint import load_model
+from lit_gpt.data import TextDataModule
+from lit_gpt.errors import LitGPTError
+from lit_gpt.generate import stream
+from lit_gpt.lightning_module import LitGPT
+from lit_gpt.tokenizer import UnknownCharactersError
+
+
+class LitGPTCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # One context length: the data's windows are the model's block size.
+        parser.link_arguments("model.config.block_size", "data.block_size")
+        # Always-on callbacks, each configurable under its own key (e.g. --checkpoint.save_top_k 3).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "step{step:06d}-val{val/loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(TokenThroughput, "throughput")
+        parser.add_lightning_class_args(SampleText, "sample")
+
+
+def _trainer_defaults() -> dict:
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "runs", "name": "lit-gpt", "default_hp_metric": False},
+        },
+        "callbacks": [ProgressBar(leave=True)],
+        "max_steps": 2000,
+        "val_check_interval": 250,
+        "check_val_every_n_epoch": None,
+        "gradient_clip_val": 1.0,
+        "log_every_n_steps": 10,
+        "num_sanity_val_steps": 0,
+    }
+
+
+def fit_cli(args: list[str] | None = None) -> LitGPTCLI:
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # main() passes argv on purpose
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # Lightning vs torch 2.13, harmless
+    return LitGPTCLI(
+        LitGPT,
+        TextDataModule,
+        seed_everything_default=1337,
+        trainer_defaults=_trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def generate(
+    *,
+    checkpoint: str,
+    prompt: str = "\n",
+    max_new_tokens: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    top_p: float | None = None,
+    num_samples: int = 1,
+    seed: int = 1337,
+    device: str = "auto",
+    use_cache: bool = True,
+    compile: bool = False,
+) -> None:
+    """Sample text from a trained checkpoint and stream it to the terminal.
+
+    Args:
+        checkpoint: A .ckpt file, or a run folder (its newest last.ckpt is used).
+        prompt: Text to continue; '\\n' in it stands for a newline. Cropped to the last block_size tokens.
+        max_new_tokens: Tokens to generate per sample.
+        temperature: Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.
+        top_k: Sample among the k most likely tokens only (empty: all).
+        top_p: Nucleus sampling: the smallest set of tokens whose probability reaches top_p (empty: off).
+        num_samples: Independent samples to print.
+        seed: Random seed, so a sample can be reproduced.
+        device: 'cpu', 'cuda', or 'auto' (CUDA when available).
+        use_cache: Decode with the KV cache (much faster; the output distribution is the same).
+        compile: torch.compile the model first.
+    """
+    problems = []
+    if max_new_tokens < 0:
+        problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        problems.append(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k <= 0:
+        problems.append(f"top_k must be positive, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], got {top_p}")
+    if num_samples <= 0:
+        problems.append(f"num_samples must be positive, got {num_samples}")
+    if problems:
+        raise LitGPTError("; ".join(problems))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, _ = load_model(checkpoint, device)
+    if compile:
+        model.compile()
+    prompt = prompt.replace("\\n", "\n")
+    try:
+        tokenizer.encode(prompt)
+    except UnknownCharactersError as e:
+        raise LitGPTError(
+            f"the prompt has characters this model never saw: {e.chars}; remove or replace them"
+        ) from None
+    if not prompt:
+        raise LitGPTError("the prompt is empty: give at least one token to start from, e.g. --prompt '\\n'")
+    torch.manual_seed(seed)
+    for i in range(num_samples):
+        if num_samples > 1:
+            print(f"--- sample {i + 1}/{num_samples}", flush=True)
+        stats = stream(
+            model,
+            tokenizer,
+            prompt,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            use_cache=use_cache,
+        )
+        print(f"--- {stats['tokens']} tokens at {stats['tokens_per_sec']:.0f} tokens/s", file=sys.stderr)
+
+
+COMMANDS = {"generate": generate}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LIT_GPT_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    try:
+        if argv and argv[0] in COMMANDS:
+            CLI(COMMANDS[argv[0]], args=argv[1:], prog=f"lit-gpt {argv[0]}")
+        else:
+            if not argv or argv[0] in ("-h", "--help"):
+                print("lit-gpt generate --help: sample from a checkpoint\n", file=sys.stderr)
+            fit_cli(argv)
+    except LitGPTError as e:
+        if debug:
+            raise
+        print(f"lit-gpt: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Sampling text from a trained GPT: KV-cached decoding, temperature / top-k / top-p, streaming output."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from lit_gpt.model import GPT
+from lit_gpt.tokenizer import Tokenizer
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token id per row of ``logits`` (B, vocab); temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield ``max_new_tokens`` new token ids (B,), one step at a time, continuing the prompts ``idx`` (B, T).
+
+    Prompts longer than ``block_size`` are cropped to their last ``block_size`` tokens. With the KV cache, once the
+    context fills ``block_size``, the cache is rebuilt from the last 3/4 of the window (a sliding window that moves
+    in steps, so learned absolute positions stay valid); without it, every step re-reads the last ``block_size``
+    tokens, as nanoGPT's ``generate`` does.
+    """
+    block = model.config.block_size
+    keep = max(1, block - block // 4)
+    seq = idx[:, -block:]
+    if use_cache:
+        model.set_kv_cache(idx.size(0))
+    try:
+        logits, _ = model(seq, input_pos=0 if use_cache else None)
+        cached = seq.size(1)
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            yield nxt
+            if i == max_new_tokens - 1:
+                break
+            seq = torch.cat([seq, nxt[:, None]], dim=1)[:, -block:]
+            if not use_cache:
+                logits, _ = model(seq)
+            elif cached < block:
+                logits, _ = model(nxt[:, None], input_pos=cached)
+                cached += 1
+            else:  # the window is full: slide it
+                logits, _ = model(seq[:, -keep:], input_pos=0)
+                cached = keep
+    finally:
+        if use_cache:
+            model.set_kv_cache(None)
+
+
+def generate_text(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> str:
+    """The prompt followed by its continuation, decoded."""
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(prompt)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    new = [
+        int(t[0]) for t in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+    ]
+    return tokenizer.decode(ids + new)
+
+
+class StreamDecoder:
+    """Turns token ids arriving one by one into text pieces, holding back an incomplete UTF-8 sequence (byte-level
+    BPE can split a character across tokens)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+
+    def push(self, ids: Sequence[int]) -> str:
+        self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.emitted = text[self.emitted :], len(text)
+        return piece
+
+
+def stream(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    out=sys.stdout,
+    **kwargs,
+) -> dict[str, float]:
+    """Print the prompt and its continuation to ``out`` as tokens arrive; returns timing figures."""
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(prompt)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    out.write(prompt)
+    out.flush()
+    decoder = StreamDecoder(tokenizer)
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for tok in generate_tokens(model, idx, max_new_tokens, **kwargs):
+        if first is None:
+            first = time.perf_counter() - t0
+        n += 1
+        out.write(decoder.push([int(tok[0])]))
+        out.flush()
+    out.write("\n")
+    elapsed = time.perf_counter() - t0
+    return {"tokens": n, "seconds": elapsed, "tokens_per_sec": n / elapsed, "time_to_first_token": first or 0.0}

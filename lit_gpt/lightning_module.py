@@ -1,0 +1,179 @@
+"""``LitGPT``: the LightningModule that trains ``lit_gpt.model.GPT``.
+
+The model is built in ``configure_model`` (not ``__init__``) because its vocabulary size comes from the data's
+tokenizer, and because sharded strategies want to build or wrap it there. Checkpoints carry the model config and the
+tokenizer as plain data, so a checkpoint alone can rebuild the model and generate, and loads with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from lit_gpt.errors import LitGPTError
+from lit_gpt.model import GPT, GPTConfig
+from lit_gpt.optim import configure_adamw, warmup_cosine
+from lit_gpt.tokenizer import Tokenizer
+
+CHECKPOINT_KEY = "lit_gpt"  # our plain-data section of a Lightning checkpoint
+SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")  # what weights must agree on
+
+
+class LitGPT(L.LightningModule):
+    def __init__(
+        self,
+        config: GPTConfig = GPTConfig(),
+        learning_rate: float = 1e-3,
+        min_lr: float = 1e-4,
+        warmup_steps: int = 100,
+        lr_decay_steps: int | None = None,
+        weight_decay: float = 0.1,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        compile: bool = False,
+    ) -> None:
+        """A GPT language model trained with AdamW and a warm-up + cosine learning-rate schedule.
+
+        Args:
+            config: The network's shape (see GPTConfig).
+            learning_rate: Peak learning rate, reached after the warm-up.
+            min_lr: Learning rate at the end of the cosine decay (nanoGPT: learning_rate / 10).
+            warmup_steps: Optimizer steps of linear warm-up.
+            lr_decay_steps: Optimizer step at which the cosine reaches min_lr; empty means trainer.max_steps.
+            weight_decay: AdamW weight decay, on matrices and embeddings only.
+            beta1: AdamW beta1.
+            beta2: AdamW beta2 (0.99 for small char models, 0.95 for GPT-2 scale).
+            compile: Compile the model with torch.compile (first steps are slower while it compiles).
+        """
+        super().__init__()
+        if isinstance(config, dict):  # from a checkpoint's hyper-parameters
+            config = GPTConfig(**config)
+        problems = []
+        for name, value in (("learning_rate", learning_rate), ("min_lr", min_lr)):
+            if not value >= 0:
+                problems.append(f"{name} must be >= 0, got {value!r}")
+        if warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {warmup_steps!r}")
+        if lr_decay_steps is not None and lr_decay_steps <= 0:
+            problems.append(f"lr_decay_steps must be positive, got {lr_decay_steps!r}")
+        if weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {weight_decay!r}")
+        for name, value in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {value!r}")
+        if problems:
+            raise LitGPTError("invalid model config: " + "; ".join(problems))
+        # Plain data only: checkpoints must load with weights_only=True.
+        self.save_hyperparameters(ignore=["config"])
+        self.hparams["config"] = asdict(config)
+        self.config = config
+        self.model: GPT | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.val_loss = MeanMetric()
+        self.flops_per_batch: int | None = None  # read by the throughput monitor
+
+    # --- building -------------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_tokenizer = getattr(datamodule, "tokenizer", None)
+        if data_tokenizer is not None:
+            if self.tokenizer is not None and self.tokenizer.to_dict() != data_tokenizer.to_dict():
+                raise LitGPTError("the data's tokenizer differs from the model's: prepare the data with the model's")
+            self.tokenizer = data_tokenizer
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        vocab_size = self.config.vocab_size
+        if self.tokenizer is not None:
+            if vocab_size is not None and vocab_size < self.tokenizer.vocab_size:
+                raise LitGPTError(
+                    f"model.config.vocab_size is {vocab_size} but the tokenizer has {self.tokenizer.vocab_size} "
+                    "tokens: leave vocab_size empty to take it from the data"
+                )
+            vocab_size = vocab_size or self.tokenizer.vocab_size
+        if vocab_size is None:
+            raise LitGPTError(
+                "the model's vocab_size is unknown: train with a datamodule or set model.config.vocab_size"
+            )
+        self.config = replace(self.config, vocab_size=vocab_size)
+        self.model = GPT(self.config)
+        if self.hparams.compile:
+            self.model.compile()  # in place: parameter names stay those of the plain model
+
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.flops_per_batch = self.model.flops_per_token(x.size(1)) * x.numel()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.val_loss.update(loss, weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # averaged over every rank's batches
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = configure_adamw(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
+        decay_steps = hp.lr_decay_steps or self.trainer.max_steps
+        if decay_steps is None or decay_steps <= 0:
+            raise LitGPTError("set trainer.max_steps (or model.lr_decay_steps) so the learning-rate decay has an end")
+        min_ratio = hp.min_lr / hp.learning_rate if hp.learning_rate > 0 else 1.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, decay_steps, min_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "model_config": asdict(self.model.config),
+            "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            raise LitGPTError("this checkpoint was not written by lit-gpt (it has no 'lit_gpt' section)")
+        saved_config = GPTConfig(**saved["model_config"])
+        if saved["tokenizer"] is not None:
+            saved_tok = Tokenizer.from_dict(saved["tokenizer"])
+            if self.tokenizer is not None and self.tokenizer.to_dict() != saved_tok.to_dict():
+                raise LitGPTError(
+                    "the checkpoint's tokenizer differs from the data's (another corpus or vocabulary): resume with "
+                    "the data it was trained on"
+                )
+            self.tokenizer = saved_tok
+        if self.model is None:  # LitGPT.load_from_checkpoint: build from what the checkpoint says
+            self.config = saved_config
+            self.model = GPT(saved_config)
+        else:
+            diff = {
+                k: (getattr(saved_config, k), getattr(self.model.config, k))
+                for k in SHAPE_FIELDS
+                if getattr(saved_config, k) != getattr(self.model.config, k)
+            }
+            if not diff:
+                return
+            raise LitGPTError(
+                "the checkpoint's model shape differs from this config: "
+                + ", ".join(f"{k} is {a} in the checkpoint but {b} here" for k, (a, b) in diff.items())
+            )

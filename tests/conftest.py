@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A small real corpus: one built-in play (Hamlet, 170 kB), written out as a plain text file."""
+    from lit_gpt.corpus import shakespeare_text
+
+    path = tmp_path_factory.mktemp("corpus") / "hamlet.txt"
+    path.write_text(shakespeare_text("hamlet"), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``lit-gpt`` as a user would, in a child process."""
+    full_env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lit_gpt.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# Tiny, fast settings for CLI runs: a 2-layer model on Hamlet, a few dozen steps.
+TINY = [
+    "--model.config.n_layer", "2", "--model.config.n_head", "2", "--model.config.n_embd", "32",
+    "--model.config.block_size", "32", "--model.warmup_steps", "5", "--data.batch_size", "8",
+    "--data.val_batches", "4", "--trainer.accelerator", "cpu", "--trainer.enable_model_summary", "false",
+    "--throughput.measure_cpu_peak", "false", "--sample.max_new_tokens", "40",
+]  # fmt: skip
