@@ -23,6 +23,7 @@ from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError
 from lit_gpt.generate import stream
 from lit_gpt.lightning_module import LitGPT
+from lit_gpt.prepare import prepare_cli
 from lit_gpt.tokenizer import UnknownCharactersError
 
 
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     try:
-        if argv and argv[0] in COMMANDS:
+        if argv and argv[0] == "prepare":  # reads the data: section of a whole fit config: its own parser
+            prepare_cli(argv[1:])
+        elif argv and argv[0] in COMMANDS:
             CLI(COMMANDS[argv[0]], args=argv[1:], prog=f"lit-gpt {argv[0]}")
         else:
             if not argv or argv[0] in ("-h", "--help"):

@@ -105,6 +105,11 @@ def shakespeare_plays() -> dict[str, str]:
 
 def shakespeare_text(selection: str = "") -> str:
     """All plays joined; ``selection`` is ``""`` (all), ``NAME`` (one play) or ``-NAME`` (all but one)."""
+    return "\n".join(shakespeare_documents(selection))
+
+
+def shakespeare_documents(selection: str = "") -> list[str]:
+    """The selected plays, one string each (see ``shakespeare_text``)."""
     plays = shakespeare_plays()
     name = selection.lstrip("-")
     if name and name not in plays:
@@ -115,7 +120,7 @@ def shakespeare_text(selection: str = "") -> str:
         chosen = [text for n, text in plays.items() if n != name]
     else:
         chosen = [plays[name]]
-    return "\n".join(chosen)
+    return list(chosen)
 
 
 _SPEAKER = re.compile(r"\*\*(.+?)\*\*")

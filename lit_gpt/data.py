@@ -12,10 +12,7 @@ with two accumulation steps all see the same windows, and a resumed run continue
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,66 +21,39 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from lit_gpt.corpus import load_text
 from lit_gpt.errors import LitGPTError
-from lit_gpt.tokenizer import CharTokenizer, Tokenizer, UnknownCharactersError
+from lit_gpt.prepare import encode_document, prepare
+from lit_gpt.sources import Source, resolve
+from lit_gpt.tokenizer import Tokenizer
 
-FORMAT_VERSION = 1  # bump when the prepared layout changes, so old caches are rebuilt
+__all__ = ["prepare", "window_starts", "permuted_starts", "RandomWindows", "PermutedWindows", "TextDataModule"]
+
 VAL_STREAM = 2**32  # the "step" whose draw is the validation set; training steps never reach it
-
-
-def prepare(
-    source: str, tokenizer: str | Tokenizer = "char", cache_dir: str | Path = "data", val_fraction: float = 0.1
-) -> Path:
-    """Tokenize ``source`` into ``cache_dir/<fingerprint>/`` (reused when it already exists); returns that folder."""
-    text = load_text(source, cache_dir)
-    tok = _build_tokenizer(tokenizer, text)
-    key = hashlib.sha256()
-    key.update(text.encode("utf-8"))
-    key.update(json.dumps([FORMAT_VERSION, tok.to_dict(), val_fraction], sort_keys=True).encode())
-    name = Path(source).stem if source not in ("shakespeare", "tinyshakespeare") else source
-    out = Path(cache_dir) / f"{name.replace(':', '_')}-{key.hexdigest()[:16]}"
-    if (out / "meta.json").exists():
-        return out
-    try:
-        ids = tok.encode_array(text)
-    except UnknownCharactersError as e:
-        raise LitGPTError(f"{e}; the tokenizer was not built from this corpus") from None
-    n_val = int(len(ids) * val_fraction)
-    splits = {"train": ids[: len(ids) - n_val], "val": ids[len(ids) - n_val :]}  # by position, as nanoGPT does
-    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for split, arr in splits.items():
-        arr.astype(dtype).tofile(tmp / f"{split}.bin")
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "source": source,
-        "dtype": np.dtype(dtype).name,
-        "tokens": {split: int(len(arr)) for split, arr in splits.items()},
-        "tokenizer": tok.to_dict(),
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
-    try:
-        os.replace(tmp, out)  # atomic: a reader sees no folder or a complete one
-    except OSError:  # another process (a second node on a shared disk) finished first; theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _build_tokenizer(tokenizer: str | Tokenizer, text: str) -> Tokenizer:
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    if tokenizer == "char":
-        return CharTokenizer.from_text(text)
-    if os.path.exists(tokenizer):  # a saved tokenizer JSON, e.g. the one from a pretraining run
-        return Tokenizer.load(tokenizer)
-    raise LitGPTError(f"unknown tokenizer {tokenizer!r}: use 'char' or the path of a tokenizer JSON file")
+SAMPLING = ("random", "permutation")
 
 
 def window_starts(seed: int, step: int, count: int, high: int) -> np.ndarray:
     """The start offsets of the ``count`` windows of global batch ``step``: uniform in ``[0, high)``."""
     return np.random.default_rng([seed, step]).integers(0, high, size=count)
+
+
+def permuted_starts(seed: int, step: int, count: int, n_tokens: int, block_size: int, cache: dict | None = None):
+    """The start offsets of the ``count`` windows of global batch ``step`` when windows are drawn without
+    replacement: the corpus is cut into windows every ``block_size`` tokens (so each token is a target once per
+    epoch), and epoch ``e`` visits them in the order of a permutation seeded by ``(seed, e)``. Global batches take
+    consecutive runs of that order, so the windows of one epoch are all different, across steps and across ranks."""
+    n_windows = (n_tokens - 1) // block_size
+    positions = step * count + np.arange(count, dtype=np.int64)
+    epochs, index = np.divmod(positions, n_windows)
+    out = np.empty(count, dtype=np.int64)
+    cache = {} if cache is None else cache
+    for epoch in np.unique(epochs):
+        if epoch not in cache:
+            cache.clear()  # keep one epoch's permutation (8 bytes a window)
+            cache[epoch] = np.random.default_rng([seed, 1 << 40, int(epoch)]).permutation(n_windows)
+        sel = epochs == epoch
+        out[sel] = cache[epoch][index[sel]] * block_size
+    return out
 
 
 def make_batch(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +85,6 @@ class RandomWindows(IterableDataset):
 
     def __iter__(self):
         tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
-        high = len(tokens) - self.block_size
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         global_batch = self.batch_size * self.world_size * self.accumulate
@@ -123,9 +92,82 @@ class RandomWindows(IterableDataset):
         while True:
             step, acc = divmod(micro, self.accumulate)
             first = (acc * self.world_size + self.rank) * self.batch_size
-            starts = window_starts(self.seed, step, global_batch, high)[first : first + self.batch_size]
+            starts = self._starts(step, global_batch, tokens)[first : first + self.batch_size]
             yield make_batch(tokens, starts, self.block_size)
             micro += n_workers  # the DataLoader takes batches from its workers round-robin, so order is kept
+
+    def _starts(self, step: int, count: int, tokens: np.ndarray) -> np.ndarray:
+        return window_starts(self.seed, step, count, len(tokens) - self.block_size)
+
+
+class PermutedWindows(RandomWindows):
+    """Like ``RandomWindows``, but windows are drawn without replacement: a seeded permutation of all windows per
+    epoch, so no window repeats within an epoch and no two ranks read the same window."""
+
+    def _starts(self, step: int, count: int, tokens: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "_cache"):
+            self._cache: dict = {}
+        return permuted_starts(self.seed, step, count, len(tokens), self.block_size, self._cache)
+
+
+class StreamingWindows(IterableDataset):
+    """Micro-batches from a ``datasets`` stream, tokenized as it is read: each rank reads its own share of the
+    stream (``split_dataset_by_node``), shuffles it in a seeded buffer and packs documents, separated by
+    end-of-text, into consecutive windows. Memory stays flat whatever the corpus size. A resumed run replays its
+    stream up to the step it stopped at."""
+
+    def __init__(
+        self,
+        source: Source,
+        tokenizer: Tokenizer,
+        cache_dir: str,
+        skip_documents: int,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accumulate: int = 1,
+        start_step: int = 0,
+        shuffle_buffer: int = 1000,
+    ) -> None:
+        self.source, self.tokenizer, self.cache_dir, self.skip = source, tokenizer, cache_dir, skip_documents
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.rank, self.world_size, self.accumulate, self.start_step = rank, world_size, accumulate, start_step
+        self.shuffle_buffer = shuffle_buffer
+
+    def __iter__(self):
+        from datasets.distributed import split_dataset_by_node
+
+        stream = self.source.load(self.cache_dir, streaming=True)
+        if self.skip:
+            stream = stream.skip(self.skip)  # the documents held out for validation
+        stream = split_dataset_by_node(stream, rank=self.rank, world_size=self.world_size)
+        if self.shuffle_buffer > 1:
+            stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        need, skip = self.batch_size * self.block_size + 1, self.start_step * self.accumulate
+        buf = np.zeros(0, dtype=np.int64)
+        epoch = 0
+        while True:
+            stream.set_epoch(epoch)  # a new shuffle order each pass
+            empty = True
+            for row in stream:
+                empty = False
+                buf = np.concatenate(
+                    [buf, encode_document(self.tokenizer, row["text"], self.source.rows_are_documents)]
+                )
+                while len(buf) >= need:
+                    # Windows overlap by one token, so every token is a target once.
+                    windows = np.lib.stride_tricks.sliding_window_view(buf[:need], self.block_size + 1)
+                    batch = torch.from_numpy(windows[:: self.block_size].copy())
+                    buf = buf[need - 1 :]
+                    if skip:
+                        skip -= 1
+                        continue
+                    yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+            if empty:
+                raise LitGPTError(f"rank {self.rank}'s share of the stream {self.source.spec!r} holds no documents")
+            epoch += 1
 
 
 class FixedWindows(Dataset):
@@ -158,32 +200,76 @@ class TextDataModule(L.LightningDataModule):
         seed: int = 1337,
         cache_dir: str = "data",
         num_workers: int = 0,
+        bpe_vocab_size: int = 8192,
+        text_field: str = "text",
+        subset: str | None = None,
+        split: str = "train",
+        val_source: str | None = None,
+        val_split: str | None = None,
+        val_tokens: int = 1_000_000,
+        streaming: bool = False,
+        sampling: str = "random",
+        num_proc: int | None = None,
     ) -> None:
-        """Char-level text for language modelling.
+        """Text for language modelling: char-level or BPE, from a built-in corpus, local files or the Hub.
 
         Args:
             source: 'shakespeare' (built in, offline; 'shakespeare:hamlet' for one play, 'shakespeare:-hamlet' for
-                all but one), 'tinyshakespeare' (nanoGPT's corpus, downloaded once), or the path of a UTF-8 text file.
-            tokenizer: 'char' (a vocabulary of the corpus's characters) or the path of a saved tokenizer JSON.
+                all but one), 'tinyshakespeare' (nanoGPT's corpus, downloaded once), a local file, folder or glob of
+                .txt, .jsonl, .json or .parquet files, or 'hf:NAME' for a Hugging Face dataset (or a local folder
+                laid out like one).
+            tokenizer: 'char' (a vocabulary of the corpus's characters), 'bpe' (byte-level BPE trained on the
+                training split, bpe_vocab_size tokens), 'gpt2' (GPT-2's BPE through tiktoken), 'hf:PATH' (a Hugging
+                Face tokenizer.json), or the path of a tokenizer JSON saved by lit-gpt.
             batch_size: Windows per micro-batch on each device.
             block_size: Window length in tokens; set from model.config.block_size.
-            val_fraction: Share of the corpus, taken from its end, held out for validation.
+            val_fraction: Share of the corpus, taken from its end, held out for validation (unless val_source or
+                val_split is given).
             val_batches: Validation batches per evaluation (nanoGPT's eval_iters); the same windows every time.
             seed: Seed of the window sampling, separate from the model's so data order is fixed across model changes.
-            cache_dir: Where tokenized corpora (and downloads) are kept.
+            cache_dir: Where tokenized corpora, downloads and the datasets cache (cache_dir/hf) are kept.
             num_workers: DataLoader worker processes; 0 reads batches in the training process (fast enough for
                 memory-mapped tokens).
+            bpe_vocab_size: Vocabulary size of the 'bpe' tokenizer, end-of-text included (at least 257).
+            text_field: The column holding the text in .jsonl, .json, .parquet and Hub datasets.
+            subset: The Hub dataset's configuration (e.g. 'sample-10BT' for FineWeb), if it has several.
+            split: The Hub dataset's split to train on.
+            val_source: A separate validation corpus, any kind that source takes; replaces val_fraction.
+            val_split: A Hub split to validate on (of val_source, or else of source), e.g. 'validation'.
+            val_tokens: With streaming: tokens held out for validation, from val_source or else from the head of
+                the stream (which training then skips).
+            streaming: Read the corpus as a stream, tokenizing while training, sharded across ranks and nodes: for
+                corpora larger than disk or RAM. Needs a tokenizer other than 'char'.
+            sampling: 'random': windows at uniformly random offsets, with replacement (nanoGPT's); 'permutation': a
+                seeded permutation of all windows per epoch, without replacement and disjoint across ranks.
+            num_proc: Processes that tokenize when preparing (default: one per core).
         """
         super().__init__()
         problems = [
             f"{name} must be a positive integer, got {value!r}"
-            for name, value in (("batch_size", batch_size), ("block_size", block_size), ("val_batches", val_batches))
+            for name, value in (
+                ("batch_size", batch_size),
+                ("block_size", block_size),
+                ("val_batches", val_batches),
+                ("bpe_vocab_size", bpe_vocab_size),
+                ("val_tokens", val_tokens),
+            )
             if not isinstance(value, int) or value <= 0
         ]
         if not 0.0 < val_fraction < 1.0:
             problems.append(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
         if num_workers < 0:
             problems.append(f"num_workers must be >= 0, got {num_workers!r}")
+        if tokenizer == "bpe" and isinstance(bpe_vocab_size, int) and 0 < bpe_vocab_size < 257:
+            problems.append(f"bpe_vocab_size must be at least 257 (256 bytes + end-of-text), got {bpe_vocab_size}")
+        if sampling not in SAMPLING:
+            problems.append(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+        if streaming and tokenizer == "char":
+            problems.append("streaming needs a tokenizer other than char (bpe, gpt2 or hf:PATH)")
+        if streaming and sampling != "random":
+            problems.append("sampling 'permutation' needs prepared token files, not streaming")
+        if num_proc is not None and num_proc <= 0:
+            problems.append(f"num_proc must be positive, got {num_proc!r}")
         if problems:
             raise LitGPTError("invalid data config: " + "; ".join(problems))
         self.save_hyperparameters()
@@ -195,19 +281,36 @@ class TextDataModule(L.LightningDataModule):
             val_batches,
         )
         self.seed, self.cache_dir, self.num_workers = seed, cache_dir, num_workers
+        self.streaming, self.sampling = streaming, sampling
+        self.text_field, self.subset, self.split = text_field, subset, split
+        self.prepare_kwargs = dict(
+            bpe_vocab_size=bpe_vocab_size,
+            text_field=text_field,
+            subset=subset,
+            split=split,
+            val_source=val_source,
+            val_split=val_split,
+            val_tokens=val_tokens,
+            streaming=streaming,
+            num_proc=num_proc,
+        )
         self.prepared_dir: Path | None = None
         self.meta: dict[str, Any] = {}
         self.tokenizer: Tokenizer | None = None
 
+    def prepare(self) -> Path:
+        """Tokenize the corpus (or find it already tokenized); returns the prepared folder."""
+        return prepare(self.source, self.tokenizer_spec, self.cache_dir, self.val_fraction, **self.prepare_kwargs)
+
     def prepare_data(self) -> None:
         # Once per node, before any rank reads (Lightning calls this on local rank 0 only).
-        prepare(self.source, self.tokenizer_spec, self.cache_dir, self.val_fraction)
+        self.prepare()
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
         # Every rank computes the same folder name; prepare() finds it complete and returns at once.
-        self.prepared_dir = prepare(self.source, self.tokenizer_spec, self.cache_dir, self.val_fraction)
+        self.prepared_dir = self.prepare()
         self.meta = json.loads((self.prepared_dir / "meta.json").read_text(encoding="utf-8"))
         self.tokenizer = Tokenizer.from_dict(self.meta["tokenizer"])
         need = self.block_size + 1
@@ -233,9 +336,18 @@ class TextDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         start = trainer.global_step if trainer else 0
-        path, dtype = self._split("train")
-        ds = RandomWindows(path, dtype, self.block_size, self.batch_size, self.seed, rank, world, accumulate, start)
+        ds = self._train_windows(rank, world, accumulate, start)
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _train_windows(self, rank: int, world: int, accumulate: int, start: int) -> IterableDataset:
+        if self.meta.get("streaming"):
+            source = resolve(self.source, self.text_field, self.subset, self.split, self.cache_dir)
+            skip = self.meta["skip_documents"]
+            args = (self.block_size, self.batch_size, self.seed, rank, world, accumulate, start)
+            return StreamingWindows(source, self.tokenizer, self.cache_dir, skip, *args)
+        windows = PermutedWindows if self.sampling == "permutation" else RandomWindows
+        path, dtype = self._split("train")
+        return windows(path, dtype, self.block_size, self.batch_size, self.seed, rank, world, accumulate, start)
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -1,6 +1,6 @@
 """Tokenizers: text <-> token ids, serialisable to a small JSON dict that travels inside every checkpoint.
 
-Each kind is a subclass registered under a name (``char`` here; BPE kinds add themselves the same way), so the
+Each kind is a subclass registered under a name (``char`` here; the BPE kinds in ``lit_gpt.bpe``), so the
 data pipeline, the checkpoints and ``generate`` never special-case one kind.
 """
 
@@ -49,6 +49,15 @@ class Tokenizer(ABC):
     def encode_array(self, text: str) -> np.ndarray:
         """Encode a whole corpus to a flat array; kinds override this with a faster path."""
         return np.asarray(self.encode(text), dtype=np.int64)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encode many documents at once; kinds override this with a batched (often multi-threaded) path."""
+        return [self.encode(t) for t in texts]
+
+    @property
+    def eot_id(self) -> int | None:
+        """The end-of-text token that separates documents, or None when the vocabulary has none (``char``)."""
+        return None
 
     @abstractmethod
     def state(self) -> dict[str, Any]:
@@ -125,3 +134,6 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> CharTokenizer:
         return cls(list(state["chars"]))
+
+
+from lit_gpt import bpe as _bpe  # noqa: E402, F401  (registers the BPE kinds: bpe, hf, gpt2)
