@@ -13,9 +13,10 @@ import sys
 import warnings
 
 import torch
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
 from lit_gpt.checkpoint import load_model
@@ -23,8 +24,11 @@ from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError
 from lit_gpt.generate import stream
 from lit_gpt.lightning_module import LitGPT
+from lit_gpt.loss_guard import LossGuard
 from lit_gpt.prepare import prepare_cli
+from lit_gpt.resume import ExactResume, check_ckpt_path, preemption_report, prepare_run
 from lit_gpt.tokenizer import UnknownCharactersError
+from lit_gpt.validation import check_fit_config
 
 
 class LitGPTCLI(LightningCLI):
@@ -46,6 +50,21 @@ class LitGPTCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(SampleText, "sample")
+        parser.add_lightning_class_args(ExactResume, "resume")
+        parser.add_lightning_class_args(LossGuard, "loss_guard")
+
+    def _parse_ckpt_path(self) -> None:
+        # Runs right after parsing, before anything is built (replaces LightningCLI's, which crashes on a corrupt
+        # checkpoint and silently swaps the command line's model options for the checkpoint's).
+        if self.config.get("subcommand"):
+            config = self.config[self.config.subcommand]
+            check_fit_config(config)  # every problem at once, as one line
+            check_ckpt_path(config)
+
+    def before_fit(self) -> None:
+        prepare_run(self.trainer, self.config_init[self.subcommand])  # atomic checkpoints; --ckpt_path last
+
+    before_validate = before_fit
 
 
 def _trainer_defaults() -> dict:
@@ -74,6 +93,7 @@ def fit_cli(args: list[str] | None = None) -> LitGPTCLI:
         trainer_defaults=_trainer_defaults(),
         save_config_kwargs={"overwrite": True},
         args=args,
+        parser_kwargs={"exit_on_error": False},  # parse errors come back as exceptions; main() prints one line
     )
 
 
@@ -163,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] == "prepare":  # reads the data: section of a whole fit config: its own parser
             prepare_cli(argv[1:])
         elif argv and argv[0] in COMMANDS:
-            CLI(COMMANDS[argv[0]], args=argv[1:], prog=f"lit-gpt {argv[0]}")
+            CLI(COMMANDS[argv[0]], args=argv[1:], prog=f"lit-gpt {argv[0]}", exit_on_error=False)
         else:
             if not argv or argv[0] in ("-h", "--help"):
                 print("lit-gpt generate --help: sample from a checkpoint\n", file=sys.stderr)
@@ -173,6 +193,17 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"lit-gpt: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ArgumentError as e:
+        if debug:
+            raise
+        command = argv[0] if argv and argv[0] in (*COMMANDS, "fit", "validate") else "fit"
+        message = " ".join(str(e).split())  # jsonargparse's message spans lines
+        print(f"lit-gpt: error: {message}; `lit-gpt {command} --help` lists every option", file=sys.stderr)
+        sys.exit(2)
+    except SIGTERMException as e:  # preempted: a checkpoint was saved (lit_gpt.resume)
+        message, code = preemption_report(e)
+        print(f"lit-gpt: {message}", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""Checkpoint files that are never half-written and never run code when read.
+
+``AtomicCheckpointIO`` is Lightning's ``TorchCheckpointIO`` with two changes:
+
+- a save writes a hidden temporary file next to the target, flushes it to disk (``fsync``) and renames it over the
+  target (``os.replace``, atomic on POSIX), so a process killed mid-save or a full disk leaves the previous
+  checkpoint whole. Lightning's own save buffers the whole checkpoint in memory and does not fsync.
+- a load always uses ``torch.load(weights_only=True)`` and turns every failure (a truncated file, a file that is not
+  a checkpoint, a pickle that would run code) into one ``LitGPTError`` line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _load as fsspec_load
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lit_gpt.errors import LitGPTError
+
+TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<random>": hidden, and never end in ".ckpt"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that a reader sees the old file or the complete new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # ... and so is the rename
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not let a folder be opened; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of ``path`` left by a process that was killed mid-save (its pid is gone)."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}{re.escape(TMP_MARK)}(\d+)-")
+    for candidate in path.parent.glob(f".{path.name}{TMP_MARK}*"):
+        m = pattern.match(candidate.name)
+        if m and not _pid_alive(int(m.group(1))):
+            candidate.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_error(path: str | Path, error: BaseException) -> LitGPTError:
+    """The one line a user sees when ``torch.load(path, weights_only=True)`` raised ``error``."""
+    text = str(error)
+    blocked = re.search(r"(?:GLOBAL|global:?) ([\w.]+)", text)
+    if "Weights only load failed" in text and blocked:
+        return LitGPTError(
+            f"refused to load {str(path)!r}: unpickling it would call {blocked.group(1)}, i.e. run code, not read "
+            "data. Load only checkpoints you trust; lit-gpt checkpoints hold plain tensors only"
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    if "Weights only load failed" in text:
+        first = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "unreadable pickle")
+        return LitGPTError(
+            f"{str(path)!r} is not a checkpoint of plain tensors ({first}): give a .ckpt file written by lit-gpt"
+        )
+    if isinstance(error, EOFError) or not text:
+        first = "the file is empty or ends early"
+    return LitGPTError(
+        f"checkpoint {str(path)!r} is truncated or corrupt ({first.split('. ')[0].rstrip('.')}); "
+        "use an earlier checkpoint, e.g. another .ckpt in the same folder"
+    )
+
+
+def check_readable(path: str | Path) -> None:
+    """Fail fast, without unpickling anything, on a file that is not a complete PyTorch (zip) checkpoint."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        size = Path(path).stat().st_size
+        what = "empty" if size == 0 else "truncated, or not a checkpoint at all"
+        raise LitGPTError(
+            f"checkpoint {str(path)!r} is {what}: it is not a complete PyTorch checkpoint archive ({size} bytes); "
+            "use an earlier checkpoint, e.g. another .ckpt in the same folder"
+        )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader/writer with atomic, fsync'd saves and safe, clearly-failing loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: fsspec's transaction does it
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not get_filesystem(path).exists(path):
+            raise LitGPTError(f"checkpoint {str(path)!r} does not exist: check --ckpt_path")
+        if map_location is None:
+            map_location = lambda storage, loc: storage  # noqa: E731  (Lightning's default: keep each device)
+        check_readable(path)
+        try:
+            return fsspec_load(path, map_location=map_location, weights_only=True)  # never run code from a file
+        except Exception as e:
+            raise load_error(path, e) from None

@@ -1,0 +1,257 @@
+"""Resuming a run exactly where it stopped, and stopping it so that it can be resumed.
+
+What a checkpoint needs for a bit-identical continuation, and who saves it:
+
+- weights, optimizer, LR schedule, step counters: Lightning.
+- which data windows come next: nothing to save, the windows of step ``s`` are a function of ``(seed, s)`` and
+  ``TextDataModule.train_dataloader`` reads ``trainer.global_step`` after the checkpoint is restored.
+- the random streams (dropout masks): ``ExactResume``, below. Lightning does not save them.
+
+Preemption: on SIGTERM (or SIGUSR1, SLURM's "time is nearly up" warning) Lightning finishes the current step and
+stops; ``ExactResume`` then writes ``last.ckpt`` and the CLI exits with one line saying how to resume. Under SLURM
+with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues the job instead.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from lit_gpt.checkpoint_io import AtomicCheckpointIO, check_readable, load_error
+from lit_gpt.errors import LitGPTError
+from lit_gpt.lightning_module import CHECKPOINT_KEY, SHAPE_FIELDS
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random stream training draws from, as plain data (checkpoints load with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else x
+
+
+class ExactResume(L.Callback):
+    """Saves the random-number generators' states in every checkpoint and restores them on resume, so a resumed
+    run draws the same dropout masks as an uninterrupted one; on SIGTERM or SIGUSR1 saves last.ckpt and stops."""
+
+    def __init__(self, save_on_signal: bool = True) -> None:
+        """
+        Args:
+            save_on_signal: On SIGTERM, or SIGUSR1 (SLURM's warning before the time limit), finish the current step,
+                save last.ckpt and exit with code 128 + the signal number; resume with --ckpt_path last.
+        """
+        self.save_on_signal = save_on_signal
+        self._pending: dict[str, Any] | None = None
+        self._signum = signal.SIGTERM
+        self._previous_usr1: Any = None
+
+    # --- random streams -------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied just before the first training step: restoring runs before Lightning builds the data loaders,
+        # and starting a loader draws from the torch generator.
+        self._pending = state_dict.get("rng")
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
+
+    # --- preemption -----------------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has installed its SIGTERM handler by now (it sets trainer.received_sigterm and stops after the
+        # step). Route SIGUSR1 to it too, unless someone (Lightning's SLURM requeue) already handles SIGUSR1.
+        if not self.save_on_signal or not hasattr(signal, "SIGUSR1"):
+            return
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
+        self._watch_sigterm()
+
+    def _watch_sigterm(self) -> None:
+        lightning_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(lightning_handler):
+            return
+
+        def on_term(signum, frame):
+            self._signum = signum
+            lightning_handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    def _on_usr1(self, signum: int, frame: Any) -> None:
+        self._signum = signum
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            handler(signal.SIGTERM, frame)
+        self._signum = signum
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_usr1()
+
+    def _restore_usr1(self) -> None:
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_usr1()
+        if not (self.save_on_signal and isinstance(exception, SIGTERMException)):
+            return
+        # Don't raise from here: Lightning still has to finalize the loggers and tear down after the callbacks.
+        name = signal.Signals(self._signum).name
+        exception.code = 128 + self._signum  # the shell's "ended by signal N": the run did not finish
+        path = last_checkpoint_path(trainer)
+        if path is None:
+            exception.lit_gpt_message = f"stopped by {name} at step {trainer.global_step}; checkpointing is off"
+            return
+        try:
+            trainer.save_checkpoint(path, weights_only=False)
+        except LitGPTError as e:  # e.g. the loss guard refusing to save a diverged model
+            exception.lit_gpt_message = f"stopped by {name} at step {trainer.global_step}, not saved: {e}"
+            return
+        exception.lit_gpt_message = (
+            f"stopped by {name} at step {trainer.global_step} and saved {path}; "
+            "resume with the same command plus --ckpt_path last"
+        )
+
+
+def preemption_report(exception: SIGTERMException) -> tuple[str, int]:
+    """The one line and the exit code for a run stopped by a signal."""
+    message = getattr(exception, "lit_gpt_message", "stopped by SIGTERM before training started; nothing to save")
+    code = exception.code if isinstance(exception.code, int) and exception.code else 128 + signal.SIGTERM
+    return message, code
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    """Where ``last.ckpt`` goes: the checkpoint callback's folder."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            return Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    return None
+
+
+def find_last_checkpoint(root: str | Path) -> Path | None:
+    """The newest ``last.ckpt`` anywhere under ``root`` (a run folder with ``version_*`` subfolders)."""
+    found = [p for p in Path(root).glob("**/last.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
+    """``--ckpt_path`` as the Trainer should see it.
+
+    ``last`` is the newest ``last.ckpt`` of this run's logger folder (every run gets a new ``version_N`` folder, so
+    Lightning's own lookup, which only looks in the new one, would find nothing and silently start over); when there
+    is none yet, training starts from scratch, so one command works for the first start and every restart. The
+    resumed run logs into the folder it resumes, so curves and best-k checkpoints continue in one place.
+    """
+    if ckpt_path != "last":
+        return ckpt_path  # already checked by check_ckpt_path
+    logger = trainer.logger
+    root = Path(getattr(logger, "root_dir", None) or trainer.default_root_dir)
+    found = find_last_checkpoint(root)
+    if found is None:
+        rank_zero_info(f"--ckpt_path last: no last.ckpt under {root} yet, starting from scratch")
+        return None
+    _reuse_version(logger, found)
+    return str(found)
+
+
+def _reuse_version(logger: Any, ckpt: Path) -> None:
+    """Point a not-yet-started TensorBoard/CSV logger at the ``version_N`` folder that holds ``ckpt``."""
+    version = next((p.name for p in ckpt.parents if p.name.startswith("version_")), None)
+    if version is None or logger is None or getattr(logger, "_experiment", "unset") is not None:
+        return  # a logger without versions, or one already writing: leave it be
+    if hasattr(logger, "_version"):
+        logger._version = int(version.removeprefix("version_"))
+
+
+def prepare_run(trainer: L.Trainer, config: Any) -> None:
+    """Before fit/validate: atomic checkpoint writes unless the user chose a CheckpointIO, and ``--ckpt_path``
+    resolved (see ``resolve_ckpt_path``). ``config`` is the subcommand's parsed config; its ckpt_path is updated."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    requested = config.get("ckpt_path")
+    config["ckpt_path"] = resolve_ckpt_path(requested, trainer)
+    if requested == "last" and config["ckpt_path"]:
+        check_ckpt_path(config)
+
+
+def check_ckpt_path(config: Any) -> None:
+    """Before anything is built: a ``--ckpt_path`` file (or folder) must be a readable lit-gpt checkpoint whose
+    model shape matches the config. Resolves a folder to its newest last.ckpt in ``config``; 'last' is resolved
+    later (it needs the logger's folder).
+
+    This replaces LightningCLI's own look at the file, which crashes with a traceback on a corrupt file and silently
+    swaps the command line's model options for the checkpoint's.
+    """
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
+        return
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        found = find_last_checkpoint(path)
+        if found is None:
+            raise LitGPTError(f"--ckpt_path {ckpt_path!r} is a folder with no last.ckpt in it: give a .ckpt file")
+        path = found
+    if not path.exists():
+        raise LitGPTError(f"--ckpt_path {ckpt_path!r} does not exist: give a .ckpt file, a run folder, or 'last'")
+    config["ckpt_path"] = str(path)
+    if path.is_dir():  # a sharded (distributed) checkpoint folder: its strategy reads and checks it
+        return
+    check_readable(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no need to read it all
+    except Exception as e:
+        raise load_error(path, e) from None
+    saved = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if saved is None or "model_config" not in saved:
+        raise LitGPTError(f"{str(path)!r} is not a lit-gpt checkpoint (it has no '{CHECKPOINT_KEY}' section)")
+    shape = config.get("model", {}).get("config") if hasattr(config.get("model", {}), "get") else None
+    if shape is None:
+        return
+    diff = [
+        f"{k} is {saved['model_config'].get(k)} in the checkpoint but {getattr(shape, k, None)} here"
+        for k in SHAPE_FIELDS
+        if getattr(shape, k, None) is not None and saved["model_config"].get(k) != getattr(shape, k)
+    ]
+    if diff:
+        raise LitGPTError(
+            f"the checkpoint {str(path)!r} has another model shape: {', '.join(diff)}; "
+            "resume with the config it was trained with"
+        )

@@ -1,0 +1,68 @@
+"""Checking a whole ``lit-gpt fit`` config before anything is built, so every problem is reported at once, in one
+line, instead of the first one surfacing as a traceback from deep inside Lightning (a zero ``val_check_interval``
+is a ``ZeroDivisionError`` at the first step, ``max_steps: 0`` silently trains nothing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lit_gpt.errors import LitGPTError
+from lit_gpt.model import config_problems
+
+
+def trainer_problems(trainer: Any) -> list[str]:
+    """What is wrong with the ``trainer`` section (only the keys lit-gpt's defaults rely on)."""
+    get = trainer.get if hasattr(trainer, "get") else lambda k, d=None: getattr(trainer, k, d)
+    problems = []
+    max_steps = get("max_steps")
+    if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
+        problems.append(
+            f"trainer.max_steps must be a positive number of optimizer steps (or -1: no limit), got {max_steps}"
+        )
+    for key in ("log_every_n_steps", "accumulate_grad_batches"):
+        value = get(key)
+        if isinstance(value, int) and value <= 0:
+            problems.append(f"trainer.{key} must be a positive integer, got {value}")
+    interval = get("val_check_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval <= 0:
+        problems.append(f"trainer.val_check_interval must be a positive number of steps, got {interval}")
+    elif isinstance(interval, float) and not 0.0 < interval <= 1.0:
+        problems.append(f"trainer.val_check_interval as a fraction of an epoch must be in (0, 1], got {interval}")
+    clip = get("gradient_clip_val")
+    if isinstance(clip, (int, float)) and clip < 0:
+        problems.append(f"trainer.gradient_clip_val must be >= 0 (0: no clipping), got {clip}")
+    return problems
+
+
+def _constructor_problem(build: Any) -> list[str]:
+    """The message of the ``LitGPTError`` a constructor raises on its own arguments, if any."""
+    try:
+        build()
+    except LitGPTError as e:
+        return [str(e)]
+    except Exception:  # an unusual config shape: the real instantiation will report it
+        return []
+    return []
+
+
+def check_fit_config(config: Any) -> None:
+    """Raise one ``LitGPTError`` listing every problem in a parsed fit/validate config (a jsonargparse Namespace)."""
+    from lit_gpt.data import TextDataModule  # here, not at the top: keeps this module light for the docs script
+    from lit_gpt.lightning_module import LitGPT
+
+    problems = []
+    model = config.get("model")
+    shape = model.get("config") if model is not None and hasattr(model, "get") else None
+    if shape is not None:
+        problems += [f"model.config.{p}" for p in config_problems(shape)]
+    if model is not None and hasattr(model, "as_dict"):
+        options = {k: v for k, v in model.as_dict().items() if k != "config" and not k.startswith("_")}
+        problems += _constructor_problem(lambda: LitGPT(**options))
+    data = config.get("data")
+    if data is not None and hasattr(data, "as_dict"):
+        problems += _constructor_problem(lambda: TextDataModule(**data.as_dict()))
+    trainer = config.get("trainer")
+    if trainer is not None:
+        problems += trainer_problems(trainer)
+    if problems:
+        raise LitGPTError("; ".join(problems))
