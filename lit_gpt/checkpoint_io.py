@@ -25,6 +25,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_gpt.errors import LitGPTError
 
+_UMASK = os.umask(0o022)  # read once: mkstemp makes owner-only files, a checkpoint gets the usual permissions
+os.umask(_UMASK)
 TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<random>": hidden, and never end in ".ckpt"
 
 
@@ -35,7 +37,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them

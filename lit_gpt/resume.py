@@ -168,7 +168,7 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
 
 def find_last_checkpoint(root: str | Path) -> Path | None:
     """The newest ``last.ckpt`` anywhere under ``root`` (a run folder with ``version_*`` subfolders)."""
-    found = [p for p in Path(root).glob("**/last.ckpt") if p.is_file()]
+    found = [p for p in Path(root).glob("**/last.ckpt") if p.is_file() or _is_sharded(p)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -190,6 +190,11 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
         return None
     _reuse_version(logger, found)
     return str(found)
+
+
+def _is_sharded(path: Path) -> bool:
+    """A distributed-checkpoint folder (FSDP2 writes ``last.ckpt`` as one), marked by its ``.metadata`` file."""
+    return (path / ".metadata").is_file()
 
 
 def _reuse_version(logger: Any, ckpt: Path) -> None:
@@ -224,7 +229,7 @@ def check_ckpt_path(config: Any) -> None:
     if not ckpt_path or ckpt_path in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
         return
     path = Path(ckpt_path).expanduser()
-    if path.is_dir():
+    if path.is_dir() and not _is_sharded(path):
         found = find_last_checkpoint(path)
         if found is None:
             raise LitGPTError(f"--ckpt_path {ckpt_path!r} is a folder with no last.ckpt in it: give a .ckpt file")

@@ -1,0 +1,151 @@
+"""Never lose a run: exact resume, preemption by signal, atomic checkpoint writes (a real `lit-gpt` process each)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY, run_cli
+from reliability_log import record
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # bit-exact comparisons, and fair to the other tests running at once
+N = 20  # steps before the interruption; the runs compare 2N steps
+
+
+def fit_args(corpus: Path, max_steps: int, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY,
+        "--model.config.dropout", "0.1",  # dropout draws random numbers: their state must be restored too
+        "--model.lr_decay_steps", str(2 * N), "--data.source", str(corpus), "--data.cache_dir", str(corpus.parent),
+        "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "10", "--trainer.log_every_n_steps", "1",
+        "--sample.max_new_tokens", "0", "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+
+
+def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in ("train/loss", "val/loss")}
+
+
+def run_dir(cwd: Path) -> Path:
+    return cwd / "runs" / "shakespeare_char_cpu" / "version_0"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus) -> dict:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    r = run_cli(*fit_args(corpus, 2 * N), cwd=cwd, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = curves(run_dir(cwd))
+    assert len(c["train/loss"]) == 2 * N
+    return c
+
+
+def test_resume_from_last_continues_bit_for_bit(uninterrupted, corpus, tmp_path):
+    first = run_cli(*fit_args(corpus, N), cwd=tmp_path, env=ONE_THREAD)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # The same command plus --ckpt_path last: finds runs/<name>/version_0/checkpoints/last.ckpt although this new
+    # run would log to version_1, and continues in version_0.
+    resumed = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states" in resumed.stderr
+    assert not (tmp_path / "runs" / "shakespeare_char_cpu" / "version_1").exists()
+    got = curves(run_dir(tmp_path))
+    assert got["train/loss"] == uninterrupted["train/loss"]  # every step, exactly: data, RNG, LR, optimizer
+    assert got["val/loss"] == uninterrupted["val/loss"]
+    ckpt = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * N
+
+
+def test_ckpt_path_last_on_a_fresh_run_starts_from_scratch(corpus, tmp_path):
+    """One command for the first start and every restart of a preemptible job."""
+    r = run_cli(*fit_args(corpus, 2, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no last.ckpt under" in r.stderr and (run_dir(tmp_path) / "checkpoints" / "last.ckpt").exists()
+
+
+def start_fit(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD, **(env or {})}
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before {path} appeared:\n{proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_signal_saves_a_checkpoint_that_resumes_exactly(uninterrupted, corpus, tmp_path, sig):
+    # An endless run (as far as the test is concerned), signalled once it has passed its first checkpoint.
+    proc = start_fit([sys.executable, "-m", "lit_gpt.cli", *fit_args(corpus, 10_000)], tmp_path)
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    wait_for(last, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("lit-gpt:")]
+    assert len(lines) == 1 and f"stopped by {sig.name} at step" in lines[0] and "--ckpt_path last" in lines[0]
+    record(f"preemption: {sig.name}", "kill -" + sig.name.removeprefix("SIG") + " <pid>", proc.returncode, lines[0])
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert f"at step {step} " in lines[0] and 10 <= step < 2 * N  # saved at the step it stopped, not at step 10
+    resumed = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(run_dir(tmp_path))["train/loss"] == uninterrupted["train/loss"]
+
+
+# A `lit-gpt fit` whose checkpoint writes hang half-way through the second last.ckpt, as if the disk stalled or the
+# job was killed mid-save; it writes the temporary file's name to $MARKER when it hangs.
+SLOW_SAVE = """
+import io, os, sys, time, torch
+real_save, saves = torch.save, []
+def slow_save(obj, f, *args, **kwargs):
+    name = getattr(f, "name", "")
+    saves.append(name)
+    if "last.ckpt" in str(name) and sum("last.ckpt" in str(s) for s in saves) == 2:
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        open(os.environ["MARKER"], "w").write(str(name))
+        time.sleep(600)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = slow_save
+from lit_gpt.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_killed_mid_save_keeps_the_previous_checkpoint(corpus, tmp_path):
+    marker = tmp_path / "hanging"
+    proc = start_fit([sys.executable, "-c", SLOW_SAVE, *fit_args(corpus, 2 * N)], tmp_path, {"MARKER": str(marker)})
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: the harshest interruption
+    proc.communicate()
+    checkpoints = run_dir(tmp_path) / "checkpoints"
+    partial = Path(marker.read_text())
+    assert partial.exists() and partial.parent == checkpoints  # the half-written bytes went to a temporary file
+    assert not partial.name.endswith(".ckpt")  # ... that no reader mistakes for a checkpoint
+    ckpt = torch.load(checkpoints / "last.ckpt", weights_only=True)  # the previous last.ckpt is whole
+    assert ckpt["global_step"] == 10
+    # generate and --ckpt_path last both use it; the next save clears the dead process's temporary file.
+    gen = run_cli("generate", "--checkpoint", str(tmp_path / "runs"), "--max_new_tokens", "5", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    resumed = run_cli(*fit_args(corpus, 12, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert not partial.exists()
