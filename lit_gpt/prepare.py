@@ -30,7 +30,8 @@ from lit_gpt.tokenizer import CharTokenizer, Tokenizer, UnknownCharactersError
 
 FORMAT_VERSION = 2  # bump when the prepared layout changes, so old caches are rebuilt
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces cut at line breaks, so memory stays bounded
-STREAM_BPE_SAMPLE_CHARS = 200_000_000  # with streaming, bpe is trained on this much text from the head of the stream
+# bpe is trained on the training split, up to this many characters (more adds hours, not quality)
+BPE_TRAIN_CHARS = 500_000_000
 
 
 def prepare(
@@ -77,6 +78,9 @@ def prepare(
         return out
     if tok_key[0] == "file" and tok_key[1] != "hf:":
         tokenizer = _load_tokenizer(tokenizer)  # a lit-gpt tokenizer JSON, of any kind
+    src.check()
+    if val:
+        val.check()
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -220,7 +224,7 @@ def _prepare_stream(
     val source or else from the first documents of the stream, which training then skips."""
     stream = src.load(cache_dir, streaming=True)
     if tokenizer == "bpe":
-        tok: Tokenizer = BPETokenizer.train(_head_texts(stream, STREAM_BPE_SAMPLE_CHARS), bpe_vocab_size)
+        tok: Tokenizer = BPETokenizer.train(_head_texts(stream, BPE_TRAIN_CHARS), bpe_vocab_size)
     else:
         tok = _load_tokenizer(tokenizer)
     val_stream = val.load(cache_dir, streaming=True) if val else stream
@@ -262,8 +266,17 @@ def encode_document(tok: Tokenizer, text: str, is_document: bool = True) -> np.n
 
 
 def _encode_rows(batch: dict[str, list[str]], tok: Tokenizer, is_document: bool) -> dict[str, list[np.ndarray]]:
-    # Module level, so datasets can pickle it for its worker processes.
-    return {"ids": [encode_document(tok, t, is_document).astype(np.uint32) for t in batch["text"]]}
+    # Module level, so datasets can pickle it for its worker processes. One encode_batch call for the whole batch:
+    # rows can be short lines, and a call per row would cost more than the tokenizing.
+    pieces = [_pieces(t) for t in batch["text"]]
+    flat = tok.encode_batch([p for ps in pieces for p in ps])
+    eot = [np.asarray([tok.eot_id], dtype=np.uint32)] if is_document and tok.eot_id is not None else []
+    out, i = [], 0
+    for ps in pieces:
+        parts = [np.asarray(ids, dtype=np.uint32) for ids in flat[i : i + len(ps)]] + eot
+        out.append(np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32))
+        i += len(ps)
+    return {"ids": out}
 
 
 def tokenize(ds: Any, tok: Tokenizer, is_document: bool, cache_file: Path, num_proc: int | None = None) -> Any:
@@ -308,7 +321,7 @@ def _text_batches(ds: Any, share: float = 1.0) -> Iterator[list[str]]:
     import pyarrow.compute as pc
 
     total = sum(pc.sum(pc.utf8_length(t.column("text"))).as_py() or 0 for t in _arrow_batches(ds))
-    budget, seen = int(total * share), 0
+    budget, seen = min(int(total * share), BPE_TRAIN_CHARS), 0
     for t in ds.with_format("arrow").iter(batch_size=1000):
         texts = t.column("text").to_pylist()
         out = []

@@ -70,6 +70,17 @@ class Source:
             h.update(self.spec.encode())
         return h.hexdigest()
 
+    def check(self) -> None:
+        """Read text files through once for the problems a user can fix (empty, binary, not UTF-8), before they
+        surface as a traceback from deep inside datasets. Costs a read of the data: done only when preparing."""
+        if self.builder != "text":
+            return
+        for f in self.files:
+            if len(self.files) == 1 or Path(f).stat().st_size:  # an empty file among many is just skipped
+                check_text_file(f)
+        if all(Path(f).stat().st_size == 0 for f in self.files):
+            raise LitGPTError(f"data source {self.spec!r} is empty: it needs text to train on")
+
     def load(self, cache_dir: str | Path, streaming: bool = False) -> Any:
         """The documents as a ``datasets`` (Iterable)Dataset with exactly one column, ``text``."""
         import datasets
@@ -157,13 +168,7 @@ def resolve(
     builders = {BUILDERS.get(Path(f).suffix.lower(), "text") for f in files}
     if len(builders) > 1:
         raise LitGPTError(f"data source {spec!r} mixes file types ({', '.join(sorted(builders))}): use one type")
-    builder = builders.pop()
-    if builder == "text":
-        for f in files:
-            check_text_file(f)
-        if len(files) > 1 and all(Path(f).stat().st_size == 0 for f in files):
-            raise LitGPTError(f"data source {spec!r} is empty: it needs text to train on")
-    return Source(spec, "files", builder=builder, files=tuple(files), text_field=text_field)
+    return Source(spec, "files", builder=builders.pop(), files=tuple(files), text_field=text_field)
 
 
 def check_text_file(path: str | Path, chunk: int = 1 << 24) -> None:

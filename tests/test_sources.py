@@ -100,7 +100,7 @@ def test_a_separate_validation_source(tmp_path, corpus):
 )
 def test_bad_sources_give_one_clear_error(tmp_path, make, message):
     with pytest.raises(LitGPTError, match=message):
-        resolve(str(make(tmp_path / "src")))
+        resolve(str(make(tmp_path / "src"))).check()
 
 
 def test_a_large_text_file_is_checked_in_chunks(tmp_path):
@@ -167,6 +167,9 @@ def test_streaming_reads_windows_sharded_across_ranks(tmp_path):
     # The held-out documents are not trained on: the first window starts after them.
     text = dm.tokenizer.decode(batches(0, 1, n=1)[0][0][0].tolist())
     assert text in "".join(d + EOT for d in DOCS[skip:])
+    x, y = next(iter(dm.train_dataloader()))  # what fit reads: the stream, batch_size windows of block_size
+    assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    assert next(iter(dm.val_dataloader()))[0].shape == (4, 16)  # validation: the held-out tokens on disk
     with pytest.raises(LitGPTError, match="streaming needs a tokenizer other than char"):
         TextDataModule(**{**kw, "tokenizer": "char"})
 
