@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lit_gpt.checkpoint_io import check_readable, load_error
 from lit_gpt.errors import LitGPTError
 from lit_gpt.lightning_module import CHECKPOINT_KEY
 from lit_gpt.model import GPT, GPTConfig
@@ -32,17 +31,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_raw(path: str | Path) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: a file that would run code when unpickled is refused."""
     p = resolve_checkpoint(path)
+    check_readable(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise LitGPTError(
-            f"refused to load {str(p)!r}: it holds objects that would run code when unpickled "
-            f"({str(e).splitlines()[0]}). Load only checkpoints you trust, and re-save them as plain tensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise LitGPTError(
-            f"checkpoint {str(p)!r} is truncated or corrupt ({str(e).splitlines()[0]}); use an earlier checkpoint"
-        ) from None
+    except Exception as e:  # one message per kind of bad file, shared with the Trainer's loader
+        raise load_error(p, e) from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict[str, Any]]:
