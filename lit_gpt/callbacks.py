@@ -8,10 +8,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_gpt.flops import peak_flops
 from lit_gpt.generate import generate_text
+from lit_gpt.parallel import gather_on_rank_zero, is_sharded
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -81,11 +81,14 @@ class SampleText(L.Callback):
         )
         self.last_sample: str | None = None
 
-    @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.max_new_tokens <= 0 or pl_module.tokenizer is None:
             return
         model = pl_module.model
+        if is_sharded(model):  # FSDP: every rank helps gather the weights, rank 0 samples from a whole copy
+            model = gather_on_rank_zero(model)
+        if not trainer.is_global_zero:
+            return
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
         was_training = model.training

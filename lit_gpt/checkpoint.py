@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from lit_gpt.checkpoint_io import check_readable, load_error
+from lit_gpt.convert import is_sharded, load_sharded
 from lit_gpt.errors import LitGPTError
 from lit_gpt.lightning_module import CHECKPOINT_KEY
 from lit_gpt.model import GPT, GPTConfig
@@ -15,9 +16,10 @@ from lit_gpt.tokenizer import Tokenizer
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the newest ``last.ckpt`` (else newest ``*.ckpt``) under a run folder."""
+    """A checkpoint file or sharded checkpoint folder, or the newest ``last.ckpt`` (else newest ``*.ckpt``) under a
+    run folder."""
     p = Path(path).expanduser()
-    if p.is_file():
+    if p.is_file() or is_sharded(p):
         return p
     if p.is_dir():
         for pattern in ("last.ckpt", "*.ckpt"):
@@ -31,6 +33,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_raw(path: str | Path) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: a file that would run code when unpickled is refused."""
     p = resolve_checkpoint(path)
+    if is_sharded(p):  # a folder written by FSDP: gathered in memory
+        return load_sharded(p)
     check_readable(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)

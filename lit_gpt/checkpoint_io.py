@@ -97,7 +97,8 @@ def load_error(path: str | Path, error: BaseException) -> LitGPTError:
     if "Weights only load failed" in text:
         first = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "unreadable pickle")
         return LitGPTError(
-            f"{str(path)!r} is not a checkpoint of plain tensors ({first}): give a .ckpt file written by lit-gpt"
+            f"checkpoint {str(path)!r} is corrupt, or not a checkpoint of plain tensors ({first}); use an earlier "
+            "checkpoint, e.g. another .ckpt in the same folder"
         )
     if isinstance(error, EOFError) or not text:
         first = "the file is empty or ends early"

@@ -20,10 +20,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
 from lit_gpt.checkpoint import load_model
+from lit_gpt.convert import convert
 from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError
 from lit_gpt.generate import stream
 from lit_gpt.lightning_module import LitGPT
+from lit_gpt.parallel import FSDP2, GlobalBatch
 from lit_gpt.loss_guard import LossGuard
 from lit_gpt.prepare import prepare_cli
 from lit_gpt.resume import ExactResume, check_ckpt_path, preemption_report, prepare_run
@@ -50,6 +52,14 @@ class LitGPTCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(SampleText, "sample")
+        parser.add_lightning_class_args(GlobalBatch, "global_batch")
+
+    def before_instantiate_classes(self) -> None:
+        # "fsdp" means FSDP2 (lit_gpt.parallel.FSDP2Strategy), which runs on CPUs and GPUs alike; Lightning's FSDP1
+        # needs a GPU. FSDP1 stays reachable by class path: lightning.pytorch.strategies.FSDPStrategy.
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config.trainer.strategy == "fsdp":
+            config.trainer.strategy = FSDP2
         parser.add_lightning_class_args(ExactResume, "resume")
         parser.add_lightning_class_args(LossGuard, "loss_guard")
 
@@ -80,6 +90,8 @@ def _trainer_defaults() -> dict:
         "gradient_clip_val": 1.0,
         "log_every_n_steps": 10,
         "num_sanity_val_steps": 0,
+        # The data module gives each rank its own slice of the global batch; Lightning's sampler would reshuffle.
+        "use_distributed_sampler": False,
     }
 
 
@@ -170,7 +182,7 @@ def generate(
         print(f"--- {stats['tokens']} tokens at {stats['tokens_per_sec']:.0f} tokens/s", file=sys.stderr)
 
 
-COMMANDS = {"generate": generate}
+COMMANDS = {"generate": generate, "convert": convert}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from lit_gpt.errors import LitGPTError
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.optim import configure_adamw, warmup_cosine
+from lit_gpt.parallel import parallelize
 from lit_gpt.tokenizer import Tokenizer
 
 CHECKPOINT_KEY = "lit_gpt"  # our plain-data section of a Lightning checkpoint
@@ -36,6 +37,7 @@ class LitGPT(L.LightningModule):
         beta1: float = 0.9,
         beta2: float = 0.99,
         compile: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         """A GPT language model trained with AdamW and a warm-up + cosine learning-rate schedule.
 
@@ -49,6 +51,8 @@ class LitGPT(L.LightningModule):
             beta1: AdamW beta1.
             beta2: AdamW beta2 (0.99 for small char models, 0.95 for GPT-2 scale).
             compile: Compile the model with torch.compile (first steps are slower while it compiles).
+            activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
+                of keeping them: less memory for about a third more compute.
         """
         super().__init__()
         if isinstance(config, dict):  # from a checkpoint's hyper-parameters
@@ -104,8 +108,13 @@ class LitGPT(L.LightningModule):
             )
         self.config = replace(self.config, vocab_size=vocab_size)
         self.model = GPT(self.config)
-        if self.hparams.compile:
-            self.model.compile()  # in place: parameter names stay those of the plain model
+        # Sharding (under ModelParallelStrategy), activation checkpointing and compile come from outside the model.
+        parallelize(
+            self.model,
+            self.device_mesh,
+            activation_checkpointing=self.hparams.get("activation_checkpointing", False),
+            compile=self.hparams.compile,
+        )
 
     # --- training -------------------------------------------------------------------------------------------------
 
@@ -116,7 +125,12 @@ class LitGPT(L.LightningModule):
         x, y = batch
         _, loss = self.model(x, y)
         self.flops_per_batch = self.model.flops_per_token(x.size(1)) * x.numel()
-        self.log("train/loss", loss, prog_bar=True)
+        # Log the loss of the whole optimizer step (mean over its micro-batches and ranks), so a curve does not
+        # depend on how the global batch is split; the last call of the step is the one logged.
+        accumulate = self.trainer.accumulate_grad_batches
+        micro = batch_idx % accumulate
+        self._step_loss = loss.detach() if micro == 0 else self._step_loss + loss.detach()
+        self.log("train/loss", self._step_loss / (micro + 1), prog_bar=True, sync_dist=self.trainer.world_size > 1)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -1,0 +1,164 @@
+"""Scaling out, applied to the plain model from outside (torchtitan style): FSDP2 sharding per Transformer block,
+activation checkpointing and compilation, plus the global-batch arithmetic that turns tokens per optimizer step into
+gradient accumulation.
+
+``lit_gpt/model.py`` knows nothing of this; ``LitGPT.configure_model`` calls ``parallelize`` on the model it built.
+
+Sharding uses Lightning's ``ModelParallelStrategy`` with ``torch.distributed.fsdp.fully_shard`` (FSDP2): unlike
+FSDP1 (``FSDPStrategy``) it runs on a CPU with gloo as well as on GPUs, so the same code path is tested here and used
+on a cluster. ``--trainer.strategy fsdp`` selects it (see ``FSDP2Strategy``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+
+from lit_gpt.errors import LitGPTError
+
+FSDP2 = "fsdp2"  # our registry name; the CLI maps "fsdp" to it
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel over every device of every node (FSDP2), with no tensor parallelism.
+
+    Lightning's ``ModelParallelStrategy`` defaults to tensor parallelism within a node; lit-gpt shards each
+    Transformer block across all ranks instead, so every rank is a data-parallel rank. Checkpoints are directories
+    (torch distributed checkpoint, one shard per rank); ``lit-gpt convert`` turns one into a single file.
+    """
+
+    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+        """
+        Args:
+            save_distributed_checkpoint: Each rank writes its own shard into a checkpoint folder (fast, no memory
+                peak). False gathers the full state on rank 0 and writes one file.
+        """
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        # Known only now (devices and nodes are resolved by the Trainer): all ranks form the data-parallel dimension.
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+StrategyRegistry.register(
+    FSDP2, FSDP2Strategy, description="FSDP2 (fully_shard per Transformer block) over all ranks", override=True
+)
+
+
+def parallelize(
+    model: nn.Module,
+    device_mesh: DeviceMesh | None = None,
+    *,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+) -> nn.Module:
+    """Apply activation checkpointing, compilation and FSDP2 sharding to a ``GPT``, in place, in that order.
+
+    With a device mesh (from ``ModelParallelStrategy``) each Transformer block becomes one FSDP2 unit, all-gathered
+    just before it runs and freed after, and the root (embeddings, final norm, tied output layer) is one more.
+    Parameter names are unchanged, so checkpoints keep the plain model's keys.
+    """
+    blocks = list(model.transformer.h)
+    if activation_checkpointing:
+        # The composable API hooks the block instead of wrapping it, so parameter names stay the same.
+        from torch.distributed._composable import checkpoint
+
+        for block in blocks:
+            checkpoint(block)
+    if device_mesh is None:
+        if compile:
+            model.compile()  # in place: parameter names stay those of the plain model
+        return model
+
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = device_mesh["data_parallel"] if device_mesh.mesh_dim_names else device_mesh
+    for block in blocks:
+        if compile:
+            block.compile()  # per block, before sharding: FSDP2's hooks stay outside the compiled graph
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def accumulation_steps(global_batch_tokens: int, micro_batch: int, block_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step so that each step sees ``global_batch_tokens`` tokens over all ranks."""
+    per_step = micro_batch * block_size * world_size  # tokens of one micro-batch on every rank at once
+    if global_batch_tokens <= 0 or global_batch_tokens % per_step:
+        raise LitGPTError(
+            f"global_batch.tokens = {global_batch_tokens} is not a positive multiple of data.batch_size x block_size "
+            f"x devices x nodes = {micro_batch} x {block_size} x {world_size} = {per_step}: change one of them"
+        )
+    return global_batch_tokens // per_step
+
+
+class GlobalBatch(L.Callback):
+    """States the batch per optimizer step in tokens and derives gradient accumulation from it, whatever the number
+    of devices and nodes; and makes ``trainer.val_check_interval`` count optimizer steps, not micro-batches."""
+
+    def __init__(self, tokens: int | None = None) -> None:
+        """
+        Args:
+            tokens: Tokens per optimizer step over all devices and nodes (nanoGPT's GPT-2 run: 491520, about 0.5M).
+                Sets trainer.accumulate_grad_batches to tokens / (data.batch_size x block_size x devices x nodes),
+                which must be a whole number. Empty: use trainer.accumulate_grad_batches as given.
+        """
+        if tokens is not None and (not isinstance(tokens, int) or tokens <= 0):
+            raise LitGPTError(f"global_batch.tokens must be a positive integer, got {tokens!r}")
+        self.tokens = tokens
+        self._scaled_val_interval: int | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.tokens is not None:
+            datamodule = trainer.datamodule
+            micro_batch, block_size = datamodule.batch_size, datamodule.block_size
+            accumulate = accumulation_steps(self.tokens, micro_batch, block_size, trainer.world_size)
+            given = trainer.accumulate_grad_batches
+            if given not in (1, accumulate):
+                raise LitGPTError(
+                    f"global_batch.tokens = {self.tokens} means accumulate_grad_batches = {accumulate}, but "
+                    f"trainer.accumulate_grad_batches is {given}: set only one of them"
+                )
+            trainer.accumulate_grad_batches = accumulate
+        # Lightning counts val_check_interval in micro-batches; lit-gpt counts it in optimizer steps, like max_steps,
+        # log_every_n_steps and checkpoint names, so changing the accumulation does not move validation.
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) and interval != self._scaled_val_interval:
+            self._scaled_val_interval = interval * trainer.accumulate_grad_batches
+            trainer.val_check_interval = self._scaled_val_interval
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are FSDP2 shards (DTensors) rather than whole tensors."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def gather_on_rank_zero(model: nn.Module) -> nn.Module | None:
+    """A whole, unsharded copy of a sharded ``GPT`` on global rank 0 (on the same device), None on other ranks.
+
+    Collective: every rank must call it, as it all-gathers the shards. Used to generate a text sample on rank 0
+    alone, which would otherwise wait forever inside FSDP2's all-gathers for ranks that are not sampling.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    device = next(model.parameters()).device
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:
+        return None
+    copy = type(model)(model.config)
+    copy.load_state_dict(state)
+    return copy.to(device)
