@@ -25,8 +25,8 @@ from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError
 from lit_gpt.generate import stream
 from lit_gpt.lightning_module import LitGPT
-from lit_gpt.parallel import FSDP2, GlobalBatch
 from lit_gpt.loss_guard import LossGuard
+from lit_gpt.parallel import FSDP2, GlobalBatch
 from lit_gpt.prepare import prepare_cli
 from lit_gpt.resume import ExactResume, check_ckpt_path, preemption_report, prepare_run
 from lit_gpt.tokenizer import UnknownCharactersError
@@ -52,6 +52,8 @@ class LitGPTCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(SampleText, "sample")
+        parser.add_lightning_class_args(ExactResume, "resume")
+        parser.add_lightning_class_args(LossGuard, "loss_guard")
         parser.add_lightning_class_args(GlobalBatch, "global_batch")
 
     def before_instantiate_classes(self) -> None:
@@ -60,8 +62,6 @@ class LitGPTCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config.trainer.strategy == "fsdp":
             config.trainer.strategy = FSDP2
-        parser.add_lightning_class_args(ExactResume, "resume")
-        parser.add_lightning_class_args(LossGuard, "loss_guard")
 
     def _parse_ckpt_path(self) -> None:
         # Runs right after parsing, before anything is built (replaces LightningCLI's, which crashes on a corrupt
