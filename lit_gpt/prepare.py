@@ -76,7 +76,7 @@ def prepare(
     out = Path(cache_dir) / f"{src.name}-{key[:16]}"
     if (out / "meta.json").exists():
         return out
-    if tok_key[0] == "file" and tok_key[1] != "hf:":
+    if isinstance(tok_key, list) and tok_key[0] == "file" and tok_key[1] != "hf:":
         tokenizer = _load_tokenizer(tokenizer)  # a lit-gpt tokenizer JSON, of any kind
     src.check()
     if val:
@@ -266,9 +266,12 @@ def encode_document(tok: Tokenizer, text: str, is_document: bool = True) -> np.n
 
 
 def _encode_rows(batch: dict[str, list[str]], tok: Tokenizer, is_document: bool) -> dict[str, list[np.ndarray]]:
-    # Module level, so datasets can pickle it for its worker processes. One encode_batch call for the whole batch:
-    # rows can be short lines, and a call per row would cost more than the tokenizing.
-    pieces = [_pieces(t) for t in batch["text"]]
+    # Module level, so datasets can pickle it for its worker processes.
+    if not is_document:
+        # Rows are lines of one document: join a batch of them into one row, so per-row costs (a tokenizer call, an
+        # Arrow list) are paid per batch, not per line.
+        return {"ids": [encode_document(tok, "".join(batch["text"]), False).astype(np.uint32)]}
+    pieces = [_pieces(t) for t in batch["text"]]  # one encode_batch call for all the batch's documents
     flat = tok.encode_batch([p for ps in pieces for p in ps])
     eot = [np.asarray([tok.eot_id], dtype=np.uint32)] if is_document and tok.eot_id is not None else []
     out, i = [], 0
@@ -289,7 +292,7 @@ def tokenize(ds: Any, tok: Tokenizer, is_document: bool, cache_file: Path, num_p
     return ds.map(
         _encode_rows,
         batched=True,
-        batch_size=256,
+        batch_size=256 if is_document else 4096,
         num_proc=procs if procs > 1 else None,
         fn_kwargs={"tok": tok, "is_document": is_document},
         remove_columns=ds.column_names,
