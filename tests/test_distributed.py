@@ -1,0 +1,219 @@
+"""Scale out, proven on a CPU: DDP, FSDP2, gradient accumulation and a 2-node launch train the same model as one
+process with the whole batch; sharded checkpoints consolidate into one file; bf16-mixed trains.
+
+Every distributed run is a child process (gloo, one thread per rank), as a user launches it."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, TINY, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_gpt.errors import LitGPTError
+from lit_gpt.model import GPT, GPTConfig
+from lit_gpt.parallel import accumulation_steps, parallelize
+
+CONFIG = str(ROOT / "configs" / "shakespeare_char_cpu.yaml")
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+STEPS = 10
+B = 8  # micro-batch per device; the global batch is 2B = 16 windows of 32 tokens
+
+
+def fit_args(corpus, name: str, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", CONFIG, *TINY, "--data.source", str(corpus), "--trainer.max_steps", str(STEPS),
+        "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", str(STEPS),
+        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.name", name, *extra,
+    ]  # fmt: skip
+
+
+def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def losses(run_dir) -> list[float]:
+    return [v for _, v in scalars(run_dir)["train/loss"]]
+
+
+def start(corpus, cwd, name: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD}
+    cmd = [sys.executable, "-m", "lit_gpt.cli", *fit_args(corpus, name, *extra)]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, corpus):
+    """The same 10 steps five ways: one process with batch 2B; batch B with 2 accumulation steps; the same from
+    global_batch.tokens; DDP with B per rank; FSDP2 (with activation checkpointing) with B per rank."""
+    cwd = tmp_path_factory.mktemp("scale")
+    # Two 1-thread processes at a time: the machine has 2 cores.
+    finish(
+        start(corpus, cwd, "single", "--data.batch_size", str(2 * B)),
+        start(corpus, cwd, "accumulate", "--data.batch_size", str(B), "--trainer.accumulate_grad_batches", "2"),
+    )
+    tokens = str(2 * B * 32)  # 2B windows of block_size 32
+    every_5 = ["--trainer.val_check_interval", "5"]
+    finish(start(corpus, cwd, "tokens", "--data.batch_size", str(B), "--global_batch.tokens", tokens, *every_5))
+    two_ranks = ["--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy"]
+    finish(start(corpus, cwd, "ddp", *two_ranks, "ddp"))
+    finish(start(corpus, cwd, "fsdp", *two_ranks, "fsdp", "--model.activation_checkpointing", "true"))
+    return cwd / "runs"
+
+
+def test_ddp_fsdp_and_accumulation_give_the_loss_curve_of_one_process(runs):
+    reference = losses(runs / "single" / "version_0")
+    assert len(reference) == STEPS and reference[-1] < reference[0]
+    for name in ("accumulate", "tokens", "ddp", "fsdp"):
+        curve = losses(runs / name / "version_0")
+        assert curve == pytest.approx(reference, abs=1e-4), name
+
+
+def test_global_batch_tokens_derives_accumulation_and_validation_counts_optimizer_steps(runs):
+    # Accumulation 2 from the tokens, and val_check_interval 5 means after optimizer steps 5 and 10 (logged as
+    # steps 4 and 9, Lightning's logging step being 0-based), not after every 5 micro-batches (4 validations).
+    assert [step for step, _ in scalars(runs / "tokens" / "version_0")["val/loss"]] == [4, 9]
+    hparams = (runs / "tokens" / "version_0" / "config.yaml").read_text()
+    assert "tokens: 512" in hparams
+
+
+def test_fsdp_writes_sharded_checkpoints_that_convert_to_the_same_weights(runs, tmp_path):
+    sharded = runs / "fsdp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert sharded.is_dir() and (sharded / ".metadata").is_file()
+    assert sorted(p.name for p in sharded.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # a shard per rank
+    out = tmp_path / "model.ckpt"
+    r = run_cli("convert", "--checkpoint", str(runs / "fsdp" / "version_0"), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    consolidated = torch.load(out, weights_only=True)
+    ddp = torch.load(runs / "ddp" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert consolidated["global_step"] == STEPS and consolidated["lit_gpt"] == ddp["lit_gpt"]
+    assert consolidated["state_dict"].keys() == ddp["state_dict"].keys()
+    for key, value in ddp["state_dict"].items():
+        torch.testing.assert_close(consolidated["state_dict"][key], value, atol=1e-5, rtol=0)
+    # generate reads the consolidated file, and the sharded folder directly
+    for checkpoint in (out, sharded):
+        g = run_cli("generate", "--checkpoint", str(checkpoint), "--max_new_tokens", "30", cwd=tmp_path)
+        assert g.returncode == 0, g.stderr[-3000:]
+        assert len(g.stdout) == 1 + 30 + 1  # the prompt "\n", 30 characters, a newline
+    again = run_cli("convert", "--checkpoint", str(out), "--out", str(tmp_path / "x.ckpt"), cwd=tmp_path)
+    assert again.returncode == 2 and "already a single-file checkpoint" in again.stderr
+
+
+def test_fsdp_and_ddp_log_a_text_sample_from_rank_zero(runs):
+    for name in ("ddp", "fsdp"):  # under FSDP the shards are gathered first; sampling on rank 0 alone would hang
+        acc = EventAccumulator(str(runs / name / "version_0"), size_guidance={"tensors": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Tensors("sample/text_summary")] == [STEPS], name
+
+
+def test_two_nodes_on_localhost_train_log_once_and_write_one_checkpoint(tmp_path, corpus, runs):
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD}
+    args = fit_args(corpus, "two_nodes", "--data.batch_size", str(B), "--trainer.strategy", "ddp",
+                    "--trainer.num_nodes", "2", "--trainer.devices", "1")  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "-m",
+                "lit_gpt.cli",
+                *args,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    finish(*nodes)
+    run_dirs = list((tmp_path / "runs" / "two_nodes").iterdir())
+    assert [d.name for d in run_dirs] == ["version_0"]  # rank 0 alone logs
+    assert len(list(run_dirs[0].glob("events.out.tfevents.*"))) == 1
+    ckpts = sorted(p.name for p in (run_dirs[0] / "checkpoints").iterdir())
+    assert len(ckpts) == 2 and "last.ckpt" in ckpts  # last and best: written once, by rank 0
+    # 2 nodes x B is the global batch 2B: the same curve as one process
+    assert losses(run_dirs[0]) == pytest.approx(losses(runs / "single" / "version_0"), abs=1e-4)
+
+
+def test_bf16_mixed_trains_with_a_finite_falling_loss(tmp_path, corpus):
+    r = run_cli(*fit_args(corpus, "bf16", "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "30"),
+                cwd=tmp_path, env=ONE_THREAD)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    curve = losses(tmp_path / "runs" / "bf16" / "version_0")
+    assert len(curve) == 30 and all(math.isfinite(v) for v in curve)
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.2
+
+
+def test_global_batch_tokens_that_do_not_divide_say_what_to_change(tmp_path, corpus):
+    r = run_cli(*fit_args(corpus, "bad", "--data.batch_size", "8", "--global_batch.tokens", "1000"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "global_batch.tokens = 1000 is not a positive multiple of" in r.stderr and "= 256" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_accumulation_steps_for_nanogpts_gpt2_batch():
+    # 491,520 tokens per step: 12 x 1024 x 8 GPUs x 5, or 40 micro-batches on one GPU, or 5 on 8 nodes of 1 GPU.
+    assert accumulation_steps(491_520, 12, 1024, 8) == 5
+    assert accumulation_steps(491_520, 12, 1024, 1) == 40
+    with pytest.raises(LitGPTError, match="12 x 1024 x 16 = 196608"):
+        accumulation_steps(491_520, 12, 1024, 16)
+
+
+def test_activation_checkpointing_keeps_parameter_names_and_gradients():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    plain, checkpointed = GPT(config), GPT(config)
+    checkpointed.load_state_dict(plain.state_dict())
+    parallelize(checkpointed, None, activation_checkpointing=True)
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())  # checkpoints stay interchangeable
+    x = torch.randint(0, 50, (3, 16))
+    saved = []
+    for model in (plain, checkpointed):
+        kept = [0]
+
+        def pack(t, kept=kept):
+            kept[0] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(x, x)[1]
+        loss.backward()  # recomputes the checkpointed blocks
+        saved.append(kept[0])
+    assert saved[1] < saved[0] / 2  # the blocks' activations were not kept for the backward pass
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_the_gpt2_cluster_config_resolves(tmp_path):
+    r = run_cli("fit", "--config", str(ROOT / "configs" / "gpt2_124m.yaml"), "--print_config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line in ("precision: bf16-mixed", "tokens: 491520", "block_size: 1024", "n_embd: 768"):
+        assert line in r.stdout
