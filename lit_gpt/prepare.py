@@ -289,6 +289,10 @@ def tokenize(ds: Any, tok: Tokenizer, is_document: bool, cache_file: Path, num_p
 
     procs = num_proc or len(os.sched_getaffinity(0))
     procs = max(1, min(procs, len(ds) // 64))
+    if procs > 1:
+        # One tokenizing process per core already: HF tokenizers' own threads would oversubscribe the cores (and
+        # warn about the fork after BPE training used them).
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     return ds.map(
         _encode_rows,
         batched=True,
