@@ -153,6 +153,11 @@ CASES = {
         lambda t, c, g: ["generate", "--checkpoint", str(g), "--prompt", "€ and ✓"],
         "never saw",
     ),
+    "missing-checkpoint": Case(
+        "a checkpoint path that does not exist",
+        lambda t, c, g: fit(str(c), "--ckpt_path", str(t / "runs" / "last.ckpt")),
+        "does not exist",
+    ),
     "truncated-fit": Case(
         "a truncated checkpoint (resume)",
         lambda t, c, g: fit(str(c), "--ckpt_path", truncated(t, g)),
