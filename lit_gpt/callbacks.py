@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -19,10 +20,10 @@ class TokenThroughput(ThroughputMonitor):
     FLOP/s and MFU. On a CPU, where Lightning knows no peak, the peak is measured with a large matmul at start-up.
     """
 
-    def __init__(self, window_size: int = 20, measure_cpu_peak: bool = True) -> None:
+    def __init__(self, window_size: int = 5, measure_cpu_peak: bool = True) -> None:
         """
         Args:
-            window_size: Optimizer steps averaged over for each figure.
+            window_size: Logging intervals (trainer.log_every_n_steps) averaged over for each figure.
             measure_cpu_peak: On a CPU, time a 2048x2048 matmul (about 1 s) to have a peak for MFU.
         """
         super().__init__(
@@ -31,6 +32,7 @@ class TokenThroughput(ThroughputMonitor):
             window_size=window_size,
         )
         self.measure_cpu_peak = measure_cpu_peak
+        self._pending_flops = 0  # FLOPs of the batches since the last clock reading
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -40,6 +42,31 @@ class TokenThroughput(ThroughputMonitor):
             self.available_flops = peak_flops(device, dtype)
         for throughput in self._throughputs.values():
             throughput.available_flops = self.available_flops
+
+    @torch.inference_mode()
+    def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, iter_num: int) -> None:
+        # Lightning's version synchronizes the GPU after every batch, which stalls the CPU from queueing the next
+        # one (13% of a small model's step on an H100). Count every batch, but read the clock (and synchronize)
+        # only when the figures are about to be logged.
+        stage = trainer.state.stage
+        self._samples[stage] += self.batch_size_fn(batch)
+        self._lengths[stage] += self.length_fn(batch)
+        self._batches[stage] += 1
+        flops = (getattr(pl_module, "flops_per_batch", None) or 0) * trainer.world_size  # Throughput wants global
+        self._pending_flops += flops
+        logs_now = trainer._logger_connector.should_update_logs and not trainer.fit_loop._should_accumulate()
+        if stage == RunningStage.TRAINING and not logs_now:
+            return
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self._throughputs[stage].update(
+            time=time.perf_counter() - self._t0s[stage],
+            batches=self._batches[stage],
+            samples=self._samples[stage],
+            lengths=self._lengths[stage],
+            flops=self._pending_flops or None,
+        )
+        self._pending_flops = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)

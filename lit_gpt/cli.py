@@ -76,6 +76,15 @@ class LitGPTCLI(LightningCLI):
 
     before_validate = before_fit
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
+        # Our default callbacks step aside when the user turns their feature off, instead of Lightning refusing
+        # the combination (e.g. --trainer.enable_progress_bar false with a progress bar in the callbacks).
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if config.get("enable_progress_bar") is not False:
+            callbacks = [*callbacks, ProgressBar(refresh_rate=10, leave=True)]  # a redraw per step costs ~10%
+        return super()._instantiate_trainer(config, callbacks)
+
 
 def _trainer_defaults() -> dict:
     return {
@@ -83,7 +92,6 @@ def _trainer_defaults() -> dict:
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": "runs", "name": "lit-gpt", "default_hp_metric": False},
         },
-        "callbacks": [ProgressBar(leave=True)],
         "max_steps": 2000,
         "val_check_interval": 250,
         "check_val_every_n_epoch": None,
@@ -95,7 +103,7 @@ def _trainer_defaults() -> dict:
     }
 
 
-def fit_cli(args: list[str] | None = None) -> LitGPTCLI:
+def fit_cli(args: list[str] | None = None, run: bool = True) -> LitGPTCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # main() passes argv on purpose
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # Lightning vs torch 2.13, harmless
     return LitGPTCLI(
@@ -105,6 +113,7 @@ def fit_cli(args: list[str] | None = None) -> LitGPTCLI:
         trainer_defaults=_trainer_defaults(),
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
         parser_kwargs={"exit_on_error": False},  # parse errors come back as exceptions; main() prints one line
     )
 

@@ -145,7 +145,9 @@ class LitGPT(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = configure_adamw(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
+        # fp16 needs a loss scaler, which Lightning cannot combine with a fused optimizer; every other precision can.
+        fused = False if str(self.trainer.precision) == "16-mixed" else None
+        optimizer = configure_adamw(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused)
         decay_steps = hp.lr_decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps <= 0:
             raise LitGPTError("set trainer.max_steps (or model.lr_decay_steps) so the learning-rate decay has an end")
@@ -154,6 +156,19 @@ class LitGPT(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, decay_steps, min_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for a fused optimizer, for fear of fp16 loss scaling.
+        # bf16 has no scaler (and fp16 never gets a fused optimizer, above), so the gradients are true: clip them.
+        if gradient_clip_val and getattr(optimizer, "_step_supports_amp_scaling", False):
+            if gradient_clip_algorithm in (None, "norm"):
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(self.model.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from lit_gpt.cli import fit_cli  # noqa: E402
+from lit_gpt.flops import peak_flops  # noqa: E402
 from lit_gpt.optim import configure_adamw, warmup_cosine  # noqa: E402
 from benchmarks_doc import write_section  # noqa: E402
 
@@ -39,6 +40,8 @@ class StepTimer(L.Callback):
         self._last: float | None = None
 
     def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.fit_loop._should_accumulate():  # mid-accumulation: the optimizer step is not done yet
+            return
         now = time.perf_counter()
         if self._last is not None:
             self.times.append(now - self._last)
@@ -63,19 +66,26 @@ def plain_steps(cli, steps: int) -> list[float]:
     from lit_gpt.model import GPT
 
     torch.manual_seed(1337)
-    model = GPT(cli.model.model.config).to(cli.model.device)
+    device = cli.trainer.strategy.root_device  # after fit the Trainer has moved the module back to the CPU
+    model = GPT(cli.model.model.config).to(device)
     hp = cli.model.hparams
+    if hp.compile:
+        model.compile()
     optimizer = configure_adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
     decay = hp.lr_decay_steps or steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, hp.warmup_steps, decay, hp.min_lr / hp.learning_rate)
     )
     batches = iter(cli.datamodule.train_dataloader())
+    accumulate = cli.trainer.accumulate_grad_batches
     times, last = [], time.perf_counter()
     for _ in range(steps):
-        x, y = next(batches)
-        _, loss = model(x, y)
-        loss.backward()
+        for _ in range(accumulate):
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with cli.trainer.precision_plugin.forward_context():  # the same autocast as the Trainer's precision
+                _, loss = model(x, y)
+            (loss / accumulate).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         sched.step()
@@ -116,6 +126,15 @@ def main() -> None:
         f"{tokens / plain_ms * 1e3:,.0f} tokens/s",
         f"- Trainer / plain loop step time: **{lit_ms / plain_ms:.3f}x** ({(lit_ms / plain_ms - 1) * 100:+.1f}% overhead)",
     ]
+    model = cli.model.model
+    dtype = torch.bfloat16 if "bf16" in str(cli.trainer.precision) else torch.float32
+    peak = peak_flops(cli.trainer.strategy.root_device, dtype)
+    if peak:
+        achieved = model.flops_per_token() * tokens / (lit_ms / 1e3)
+        lines.append(
+            f"- model FLOPs {achieved / 1e9:,.0f} GFLOP/s = **MFU {achieved / peak:.1%}** of {peak / 1e9:,.0f} GFLOP/s "
+            f"({'measured matmul' if cli.trainer.strategy.root_device.type == 'cpu' else 'spec sheet'}, {dtype})"
+        )
     print("\n".join(lines))
     if args.write:
         when = datetime.date.today().isoformat()
