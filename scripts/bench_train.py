@@ -26,10 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from benchmarks_doc import write_section  # noqa: E402
+
 from lit_gpt.cli import fit_cli  # noqa: E402
 from lit_gpt.flops import peak_flops  # noqa: E402
 from lit_gpt.optim import configure_adamw, warmup_cosine  # noqa: E402
-from benchmarks_doc import write_section  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -124,7 +125,8 @@ def main() -> None:
         f"{len(lit_times)} steps after warm-up)",
         f"- plain PyTorch loop, same model/batches/optimizer: {plain_ms:.1f} ms/step, "
         f"{tokens / plain_ms * 1e3:,.0f} tokens/s",
-        f"- Trainer / plain loop step time: **{lit_ms / plain_ms:.3f}x** ({(lit_ms / plain_ms - 1) * 100:+.1f}% overhead)",
+        f"- Trainer / plain loop step time: **{lit_ms / plain_ms:.3f}x** "
+        f"({(lit_ms / plain_ms - 1) * 100:+.1f}% overhead)",
     ]
     model = cli.model.model
     dtype = torch.bfloat16 if "bf16" in str(cli.trainer.precision) else torch.float32
