@@ -146,6 +146,9 @@ class StreamingWindows(IterableDataset):
         if self.shuffle_buffer > 1:
             stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
         need, skip = self.batch_size * self.block_size + 1, self.start_step * self.accumulate
+        info = get_worker_info()
+        if info is not None:  # datasets gives each loader worker its own shards; the loader takes them round-robin
+            skip = max(0, -(-(skip - info.id) // info.num_workers))
         buf = np.zeros(0, dtype=np.int64)
         epoch = 0
         while True:
@@ -166,6 +169,8 @@ class StreamingWindows(IterableDataset):
                         continue
                     yield batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
             if empty:
+                if info is not None and info.id > 0:
+                    return  # fewer shards than loader workers: datasets leaves this one idle
                 raise LitGPTError(f"rank {self.rank}'s share of the stream {self.source.spec!r} holds no documents")
             epoch += 1
 

@@ -52,6 +52,8 @@ def prepare(
 ) -> Path:
     """Tokenize ``source`` into ``cache_dir/<name>-<key>/`` (reused when it already exists); returns that folder.
     The arguments are those of ``TextDataModule``."""
+    if val_split is not None and not (val_source or source).startswith("hf:"):
+        raise LitGPTError("val_split names a split of an hf: dataset; for local files give --data.val_source PATH")
     src = resolve(source, text_field, subset, split, cache_dir)
     val = None
     if val_source is not None or val_split is not None:

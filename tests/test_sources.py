@@ -86,6 +86,8 @@ def test_a_separate_validation_source(tmp_path, corpus):
     val.write_text("Words for validation only.\n" * 20)
     meta, tok, _ = tokens(prepare(str(corpus), "char", tmp_path / "c", val_source=str(val)))
     assert meta["tokens"]["train"] == len(corpus.read_text()) and meta["tokens"]["val"] == len(val.read_text())
+    with pytest.raises(LitGPTError, match="val_split names a split of an hf: dataset"):
+        prepare(str(corpus), "char", tmp_path / "c", val_split="validation")  # it would validate on the training text
 
 
 @pytest.mark.parametrize(
