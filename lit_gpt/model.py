@@ -4,13 +4,20 @@ Parameter names and shapes follow nanoGPT's ``model.py`` and Hugging Face's GPT-
 short list of renames (none for nanoGPT, a transpose of the Conv1D weights for HF). This file imports no Lightning:
 parallelism, compilation and precision are applied from outside by the Trainer.
 
-References: Karpathy's "Let's build GPT" lecture and nanoGPT; OpenAI's GPT-2 (Radford et al., 2019).
+The defaults are GPT-2's block. A few switches replay the lecture's steps on this same model (``bigram``,
+``residual``, ``projections``, ``norm``, ``mlp``: see ``configs/lecture/``), and a few give a modern block
+(``position="rotary"``, ``norm="rmsnorm"``, ``mlp="swiglu"``, ``qk_norm``): LLaMA's choices, off by default.
+
+References: Karpathy's "Let's build GPT" lecture and nanoGPT; OpenAI's GPT-2 (Radford et al., 2019); RoFormer (Su et
+al., 2021) for rotary embeddings; RMSNorm (Zhang & Sennrich, 2019); SwiGLU (Shazeer, 2020); QK-norm (Dehghani et al.,
+2023).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -36,6 +43,39 @@ class GPTConfig:
     bias: bool = True
     """Biases in Linear layers and LayerNorms, as GPT-2 has. False is a little faster and often a little better."""
 
+    # --- the lecture's steps: every switch below is GPT-2's choice by default --------------------------------------
+    bigram: bool = False
+    """The lecture's first model: the logits for the next token are the current token's row of a vocab_size x
+    vocab_size table, and nothing else (no positions, blocks, norm or output layer; n_layer, n_head, n_embd are
+    ignored). The baseline every later step must beat."""
+    residual: bool = True
+    """Add each block's attention and MLP output to its input (x + f(x)) instead of replacing it (f(x)). The sum
+    gives gradients a straight path through depth; without it a stack of blocks barely trains."""
+    projections: bool = True
+    """Output projections into the residual stream: attention's c_proj after the heads are concatenated, and an MLP
+    that widens to its hidden size and projects back (c_fc, c_proj). False is the lecture before "residual
+    connections": heads concatenated straight into the stream and an MLP of one n_embd x n_embd layer."""
+    norm: Literal["layernorm", "rmsnorm", "none"] = "layernorm"
+    """Normalisation before attention, before the MLP and before the output layer (pre-norm). "rmsnorm" only
+    rescales (no mean subtraction, no bias): a little cheaper, as in LLaMA. "none" is the lecture before LayerNorm."""
+    mlp: Literal["gelu", "relu", "swiglu", "none"] = "gelu"
+    """The feed-forward network after attention. "gelu" is GPT-2's, "relu" the lecture's, "swiglu" LLaMA's gated
+    unit (silu(x W) * (x V)), "none" the lecture's attention-only steps."""
+    mlp_hidden: int | None = None
+    """Hidden width of the MLP. Empty: 4 x n_embd; for swiglu 8/3 x n_embd rounded up to a multiple of 8, which keeps
+    the parameter count of a 4 x n_embd MLP (swiglu has three matrices, not two); n_embd when projections is off."""
+
+    # --- a modern block ------------------------------------------------------------------------------------------
+    position: Literal["learned", "rotary"] = "learned"
+    """How the model knows where a token is. "learned" adds a trained vector per position (GPT-2's wpe). "rotary"
+    rotates each head's queries and keys by an angle proportional to the position, so attention scores depend only
+    on the distance between tokens (RoPE), with no parameters."""
+    rope_base: float = 10000.0
+    """Rotary embeddings: the base of the wavelengths (RoFormer's 10000)."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys before the scores: keeps attention logits from growing, which lets
+    larger learning rates train stably. Adds 2 x head size parameters per block."""
+
     def __post_init__(self) -> None:
         problems = config_problems(self)
         if problems:
@@ -53,9 +93,64 @@ def config_problems(config: GPTConfig) -> list[str]:
         problems.append(f"vocab_size must be a positive integer, got {config.vocab_size!r}")
     if not 0.0 <= config.dropout < 1.0:
         problems.append(f"dropout must be in [0, 1), got {config.dropout!r}")
+    choices = {
+        "norm": ("layernorm", "rmsnorm", "none"),
+        "mlp": ("gelu", "relu", "swiglu", "none"),
+        "position": ("learned", "rotary"),
+    }
+    for name, allowed in choices.items():
+        value = getattr(config, name, allowed[0])
+        if value not in allowed:
+            problems.append(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    mlp_hidden = getattr(config, "mlp_hidden", None)
+    if mlp_hidden is not None and (not isinstance(mlp_hidden, int) or mlp_hidden <= 0):
+        problems.append(f"mlp_hidden must be a positive integer (or empty), got {mlp_hidden!r}")
+    rope_base = getattr(config, "rope_base", 10000.0)
+    if not isinstance(rope_base, (int, float)) or not rope_base > 1:
+        problems.append(f"rope_base must be a number above 1, got {rope_base!r}")
     if not problems and config.n_embd % config.n_head != 0:
         problems.append(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+    elif not problems and getattr(config, "position", "learned") == "rotary" and (config.n_embd // config.n_head) % 2:
+        problems.append(
+            f"rotary embeddings rotate pairs of channels: the head size n_embd / n_head "
+            f"({config.n_embd // config.n_head}) must be even"
+        )
     return problems
+
+
+def mlp_hidden_size(config: GPTConfig) -> int:
+    """The MLP's hidden width (see ``GPTConfig.mlp_hidden``)."""
+    if config.mlp_hidden is not None:
+        return config.mlp_hidden
+    if not config.projections:
+        return config.n_embd
+    if config.mlp == "swiglu":
+        return 8 * math.ceil(8 * config.n_embd / 3 / 8)
+    return 4 * config.n_embd
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim)
+    if config.norm == "none":
+        return nn.Identity()
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def rotary_angles(positions: torch.Tensor, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles (T, head_size / 2) for the given positions (T,): channel pair i turns by
+    ``position / base ** (2i / head_size)``, from one turn per ~6 tokens down to one per ~``base`` tokens."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size))
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + hs/2) of ``x`` (B, nh, T, hs) by the angles of each position (GPT-NeoX/LLaMA's
+    half-split layout). The dot product of two rotated vectors then depends on their positions' difference only."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.type_as(x)
 
 
 class KVCache(nn.Module):
@@ -81,20 +176,30 @@ class CausalSelfAttention(nn.Module):
         # key, query, value projections for all heads, in one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         # output projection back into the residual stream
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias) if config.projections else None
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        if config.qk_norm:
+            hs = config.n_embd // config.n_head
+            self.q_norm, self.k_norm = nn.RMSNorm(hs), nn.RMSNorm(hs)
+        self.qk_norm = config.qk_norm
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, input_pos: int | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         B, T, C = x.size()  # batch, sequence length, embedding width (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # rotate before caching: a cached key keeps the rotation of its own position
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         # A query of one new token may see every cached key; a longer chunk needs the causal mask.
         is_causal = True
         if input_pos is not None and self.kv_cache is not None:
@@ -106,34 +211,59 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
-        return self.resid_dropout(self.c_proj(y))
+        if self.c_proj is not None:
+            y = self.c_proj(y)
+        return self.resid_dropout(y)
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = mlp_hidden_size(config)
+        # swiglu: one matmul gives both the gate and the value half (silu(x W) * (x V)).
+        width = 2 * hidden if config.mlp == "swiglu" else hidden
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.act = {"gelu": nn.GELU(), "relu": nn.ReLU(), "swiglu": SwiGLU()}[config.mlp]
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias) if config.projections else None
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        x = self.act(self.c_fc(x))
+        if self.c_proj is not None:
+            x = self.c_proj(x)
+        return self.dropout(x)
+
+
+class SwiGLU(nn.Module):
+    """silu(gate) * value, for an input holding [gate, value] side by side."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = x.chunk(2, dim=-1)
+        return F.silu(gate) * value
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: tokens communicate (attention), then compute (MLP)."""
+    """Pre-norm Transformer block: tokens communicate (attention), then compute (MLP)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        if config.mlp != "none":
+            self.ln_2 = make_norm(config, config.n_embd)
+            self.mlp = MLP(config)
+        self.has_mlp = config.mlp != "none"
+        self.residual = config.residual
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos)
-        x = x + self.mlp(self.ln_2(x))
+    def forward(
+        self, x: torch.Tensor, input_pos: int | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        if not self.residual:  # the lecture before residual connections: each step replaces the stream
+            x = self.attn(self.ln_1(x), input_pos, rope)
+            return self.mlp(self.ln_2(x)) if self.has_mlp else x
+        x = x + self.attn(self.ln_1(x), input_pos, rope)
+        if self.has_mlp:
+            x = x + self.mlp(self.ln_2(x))
         return x
 
 
@@ -143,13 +273,23 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ValueError("GPTConfig.vocab_size must be set before building the model")
         self.config = config
+        if config.bigram:
+            # logits = wte(idx): one row of next-token scores per token. An empty h keeps the model's layout.
+            self.transformer = nn.ModuleDict(
+                dict(wte=nn.Embedding(config.vocab_size, config.vocab_size), h=nn.ModuleList())
+            )
+            self.lm_head = None
+            self.apply(self._init_weights)
+            return
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.position == "learned":  # rotary embeddings have no parameters: they act inside attention
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                **modules,
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=make_norm(config, config.n_embd),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -182,24 +322,35 @@ class GPT(nn.Module):
         start = input_pos or 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        tok_emb = self.transformer.wte(idx)  # (B, T, n_embd)
-        pos_emb = self.transformer.wpe(pos)  # (T, n_embd)
-        x = self.transformer.drop(tok_emb + pos_emb)
-        for block in self.transformer.h:
-            x = block(x, input_pos)
-        x = self.transformer.ln_f(x)
+        if self.config.bigram:
+            logits = self.transformer.wte(idx)  # (B, T, vocab_size)
+        else:
+            logits = self._transformer(idx, start, input_pos)  # (B, T, vocab_size)
         if targets is None:
-            return self.lm_head(x), None  # (B, T, vocab_size)
-        logits = self.lm_head(x)  # (B, T, vocab_size)
+            return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _transformer(self, idx: torch.Tensor, start: int, input_pos: int | None) -> torch.Tensor:
+        T = idx.size(1)
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        rope = None
+        if self.config.position == "rotary":
+            rope = rotary_angles(pos, self.config.n_embd // self.config.n_head, self.config.rope_base)  # (T, hs/2)
+        else:
+            x = x + self.transformer.wpe(pos)  # (T, n_embd) broadcast over the batch
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, input_pos, rope)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)  # (B, T, vocab_size)
 
     def set_kv_cache(self, batch_size: int | None, device=None, dtype=None) -> None:
         """Allocate a KV cache of ``block_size`` positions for ``batch_size`` sequences; ``None`` removes it."""
         hs = self.config.n_embd // self.config.n_head
         if device is None or dtype is None:
-            ref = self.lm_head.weight
+            ref = next(self.parameters())
             device, dtype = device or ref.device, dtype or ref.dtype
         for block in self.transformer.h:
             block.attn.kv_cache = (
@@ -212,7 +363,7 @@ class GPT(nn.Module):
         """Parameter count. Position embeddings are left out by default, as in the scaling-law papers; the token
         embedding stays in because it is tied to (and does the work of) the output layer."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -221,4 +372,4 @@ class GPT(nn.Module):
         PaLM paper's appendix B and nanoGPT's ``estimate_mfu``."""
         cfg = self.config
         T = seq_len or cfg.block_size
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * self.num_params() + 12 * len(self.transformer.h) * cfg.n_embd * T
