@@ -1,13 +1,16 @@
 """Text -> token files on disk -> batches of windows, as a LightningDataModule.
 
-Preparation tokenizes a corpus once into flat token files (``train.bin``, ``val.bin``) plus ``meta.json`` under a
-cache folder named by a fingerprint of the text and the tokenizer settings; a changed corpus or tokenizer gets a new
-folder, and a folder only appears once complete (it is written under a temporary name and renamed).
+Preparation (``lit_gpt.prepare``) tokenizes a corpus once into flat token files (``train.bin``, ``val.bin``) plus
+``meta.json`` under a cache folder named by a fingerprint of the source and the tokenizer settings; a changed corpus
+or tokenizer gets a new folder, and a folder only appears once complete (it is written under a temporary name and
+renamed).
 
 Training batches are windows of ``block_size + 1`` tokens read from a memory map. Which windows make up optimizer
 step ``s`` is a function of ``(seed, s)`` alone: the step's *global* batch is drawn at once and each rank and each
 accumulation micro-batch takes its own slice. So one process with batch 2B, two DDP ranks with batch B, and batch B
-with two accumulation steps all see the same windows, and a resumed run continues the same stream.
+with two accumulation steps all see the same windows, and a resumed run continues the same stream. Windows are drawn
+at random offsets (``RandomWindows``, nanoGPT's) or as a seeded permutation per epoch (``PermutedWindows``). With
+streaming, ``StreamingWindows`` tokenizes the corpus as it reads it instead.
 """
 
 from __future__ import annotations

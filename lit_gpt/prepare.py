@@ -269,10 +269,6 @@ def encode_document(tok: Tokenizer, text: str, is_document: bool = True) -> np.n
 
 def _encode_rows(batch: dict[str, list[str]], tok: Tokenizer, is_document: bool) -> dict[str, list[np.ndarray]]:
     # Module level, so datasets can pickle it for its worker processes.
-    if not is_document:
-        # Rows are lines of one document: join a batch of them into one row, so per-row costs (a tokenizer call, an
-        # Arrow list) are paid per batch, not per line.
-        return {"ids": [encode_document(tok, "".join(batch["text"]), False).astype(np.uint32)]}
     pieces = [_pieces(t) for t in batch["text"]]  # one encode_batch call for all the batch's documents
     flat = tok.encode_batch([p for ps in pieces for p in ps])
     eot = [np.asarray([tok.eot_id], dtype=np.uint32)] if is_document and tok.eot_id is not None else []
@@ -290,7 +286,7 @@ def tokenize(ds: Any, tok: Tokenizer, is_document: bool, cache_file: Path, num_p
     import datasets
 
     procs = num_proc or len(os.sched_getaffinity(0))
-    procs = max(1, min(procs, len(ds) // 64))
+    procs = max(1, min(procs, len(ds), ds.data.nbytes // (4 << 20)))  # a process per 4 MB at least
     if procs > 1:
         # One tokenizing process per core already: HF tokenizers' own threads would oversubscribe the cores (and
         # warn about the fork after BPE training used them).
@@ -298,7 +294,7 @@ def tokenize(ds: Any, tok: Tokenizer, is_document: bool, cache_file: Path, num_p
     return ds.map(
         _encode_rows,
         batched=True,
-        batch_size=256 if is_document else 4096,
+        batch_size=256 if is_document else 4,  # documents, or ~1 MB runs of lines
         num_proc=procs if procs > 1 else None,
         fn_kwargs={"tok": tok, "is_document": is_document},
         remove_columns=ds.column_names,

@@ -79,7 +79,7 @@ def child(mode: str, kind: str, work: Path, num_proc: int) -> dict:
         np.frombuffer(ids, dtype=np.uint32).astype(np.uint16).tofile(work / f"loop-{kind}.bin")
         n = len(ids)
     else:
-        cache = work / f"cache-{kind}-{mode}"
+        cache = Path(tempfile.mkdtemp(dir=work))  # fresh: nothing prepared, nothing in datasets' cache
         out = prepare(str(corpus), tok, cache, 0.1, num_proc=num_proc if mode == "prepare" else 1)
         meta = json.loads((out / "meta.json").read_text())
         n = meta["tokens"]["train"] + meta["tokens"]["val"]

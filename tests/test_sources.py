@@ -248,3 +248,15 @@ def test_the_fineweb_config_prints_and_prepares_a_local_stand_in(tmp_path):
                 "--data.tokenizer", f"hf:{tok}", "--data.val_fraction", "0.1", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "fineweb-stand-in-" in r.stdout and "hf tokenizer, uint16" in r.stdout
+
+
+def test_fit_streams_a_corpus_through_the_cli(tmp_path):
+    source = write(tmp_path, "jsonl")
+    r = run_cli("fit", "--config", str(ROOT / "configs" / "shakespeare_bpe.yaml"), *TINY, "--data.source", source,
+                "--data.bpe_vocab_size", "300", "--data.streaming", "true", "--data.val_tokens", "300",
+                "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    prepared = next((tmp_path / "data").glob("d-*"))
+    assert not (prepared / "train.bin").exists() and (prepared / "val.bin").exists()  # trained from the stream
+    ckpt = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), weights_only=True)
+    assert ckpt["global_step"] == 4 and ckpt["lit_gpt"]["tokenizer"]["kind"] == "bpe"
