@@ -1,0 +1,87 @@
+"""The speed features: KV-cached batched decoding, sampling filters, streaming, compile, profiling."""
+
+import json
+
+import torch
+from conftest import ROOT, TINY, run_cli
+
+from lit_gpt.generate import StreamDecoder, generate_tokens, sample_next
+from lit_gpt.lightning_module import LitGPT
+from lit_gpt.model import GPT, GPTConfig
+from lit_gpt.tokenizer import Tokenizer
+
+
+def test_batched_cached_generation_equals_uncached():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    prompts = torch.randint(0, 40, (3, 5))
+    cached = torch.stack(list(generate_tokens(model, prompts, 20, temperature=0, use_cache=True)), 1)
+    plain = torch.stack(list(generate_tokens(model, prompts, 20, temperature=0, use_cache=False)), 1)
+    assert cached.shape == (3, 20) and torch.equal(cached, plain)
+    # each row continues its own prompt: the rows differ
+    assert not torch.equal(cached[0], cached[1])
+
+
+def test_top_k_and_top_p_only_sample_the_allowed_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {0, 1}
+    # nucleus 0.85: the smallest prefix reaching 85% is {0, 1, 2} (0.5 + 0.3 + 0.1)
+    assert set(sample_next(logits, top_p=0.85, generator=g).tolist()) == {0, 1, 2}
+    assert set(sample_next(logits, temperature=0).tolist()) == {0}
+    # top_p=1 and no top_k: every token can come up
+    assert set(sample_next(logits, generator=g).tolist()) == {0, 1, 2, 3, 4}
+
+
+class ByteTokenizer(Tokenizer):
+    """One token per UTF-8 byte, as a byte-level BPE can split a character across tokens."""
+
+    kind = "test-bytes"
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    def encode(self, text):
+        return list(text.encode())
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def state(self):
+        return {}
+
+    @classmethod
+    def from_state(cls, state):
+        return cls()
+
+
+def test_streaming_never_prints_half_a_character():
+    decoder = StreamDecoder(ByteTokenizer())
+    pieces = [decoder.push([b]) for b in "né ✓".encode()]
+    assert "".join(pieces) == "né ✓"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_a_compiled_model_saves_the_same_keys():
+    def keys(compile: bool) -> list[str]:
+        module = LitGPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8), compile=compile)
+        module.configure_model()
+        return list(module.state_dict())
+
+    compiled = keys(True)
+    assert compiled == keys(False)
+    assert not any("_orig_mod" in k for k in compiled)
+
+
+def test_profiler_switch_writes_a_trace(tmp_path, corpus):
+    r = run_cli(
+        "fit", "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY,
+        "--data.source", str(corpus), "--trainer.max_steps", "6", "--trainer.profiler", "pytorch",
+        "--sample.max_new_tokens", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    traces = list((tmp_path / "runs").rglob("*.pt.trace.json"))
+    assert traces, "no profiler trace written"
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    assert any("aten::" in e.get("name", "") for e in events)
