@@ -5,9 +5,11 @@ Every distributed run is a child process (gloo, one thread per rank), as a user 
 
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -217,3 +219,74 @@ def test_the_gpt2_cluster_config_resolves(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     for line in ("precision: bf16-mixed", "tokens: 491520", "block_size: 1024", "n_embd: 768"):
         assert line in r.stdout
+
+
+FAKE_SRUN = """#!/bin/bash
+# srun on one machine: SLURM_NTASKS copies of the command with their task's variables; forwards SIGUSR1 as srun does.
+echo $$ > "$SRUN_PID_FILE"
+[[ $1 == --kill-on-bad-exit=1 ]] && shift
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 "$@" &
+    pids+=($!)
+done
+trap 'kill -USR1 "${pids[@]}"' USR1
+rc=0
+for p in "${pids[@]}"; do
+    while true; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done
+    [[ $s == 0 ]] || rc=$s
+done
+exit $rc
+"""
+
+
+def test_slurm_script_launches_ranks_and_requeues_after_saving_on_sigusr1(tmp_path, corpus):
+    """scripts/slurm/pretrain.sbatch under a stand-in srun and scontrol: 2 tasks found by Lightning's SLURM
+    detection; SIGUSR1 (SLURM's warning before the time limit) saves last.ckpt on every rank at the same step and
+    requeues the job; the requeued job resumes from there."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "$@" >> "$SCONTROL_LOG"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    job_id = str(40000 + os.getpid() % 10000)
+    pid_file = tmp_path / "srun.pid"
+    env = {
+        **os.environ, **ONE_THREAD, "LIGHTNING_DISABLE_TIPS": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": job_id, "SLURM_JOB_NAME": "lit-gpt", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_JOB_NUM_NODES": "1", "SLURM_NODELIST": "localhost", "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
+        "SRUN_PID_FILE": str(pid_file),
+    }  # fmt: skip
+    script = str(ROOT / "scripts" / "slurm" / "pretrain.sbatch")
+    args = fit_args(corpus, "slurm", "--data.batch_size", str(B), "--trainer.strategy", "ddp")[2:]  # CONFIG, options
+
+    def job(max_steps: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["bash", script, *args, "--trainer.max_steps", str(max_steps)], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    first = job(100_000)
+    run_dir = tmp_path / "runs" / "slurm" / f"slurm-{job_id}"  # the job id names the run: a requeue continues it
+    deadline = time.time() + 180
+    while not list(run_dir.glob("events.out.tfevents.*")) or not scalars(run_dir).get("train/loss"):
+        if first.poll() is not None or time.time() > deadline:
+            first.kill()
+            pytest.fail(first.communicate()[0][-3000:])
+        time.sleep(0.5)
+    os.kill(int(pid_file.read_text()), signal.SIGUSR1)  # SLURM signals srun, which passes it to every task
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGUSR1, out[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", job_id]
+    saved_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert saved_step > 0
+
+    before = set(run_dir.glob("events.out.tfevents.*"))
+    second = job(saved_step + 3)  # the requeued job: same job id, same command
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out[-3000:]
+    (events,) = set(run_dir.glob("events.out.tfevents.*")) - before  # into the same run folder
+    steps = [step for step, _ in scalars(events)["train/loss"]]
+    assert len(steps) == 3 and steps[0] in (saved_step, saved_step + 1)  # on from the saved step, not from scratch
+    assert steps == list(range(steps[0], steps[0] + 3))
