@@ -29,7 +29,9 @@ from lit_gpt.sources import Source, resolve
 from lit_gpt.tokenizer import CharTokenizer, Tokenizer, UnknownCharactersError
 
 FORMAT_VERSION = 2  # bump when the prepared layout changes, so old caches are rebuilt
-PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces cut at line breaks, so memory stays bounded
+# Text is encoded in pieces of about this many characters, cut at line breaks (or spaces): HF tokenizers is ~1.6x
+# faster on 4 kB pieces than on 1 MB ones (and than line by line), and memory stays bounded whatever a row's size.
+PIECE_CHARS = 4096
 # bpe is trained on the training split, up to this many characters (more adds hours, not quality)
 BPE_TRAIN_CHARS = 500_000_000
 
@@ -351,7 +353,8 @@ def _head_texts(stream: Any, chars: int) -> Iterator[str]:
 
 
 def _pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
-    """Cut ``text`` into pieces of about ``size`` characters at line breaks (or anywhere, for a line that long)."""
+    """Cut ``text`` into pieces of about ``size`` characters after a line break, or else before a space (where
+    GPT-2's pre-tokenizer splits anyway), or anywhere for a run that long without either."""
     if len(text) <= size:
         return [text] if text else []
     out, start = [], 0
@@ -359,7 +362,10 @@ def _pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
         end = min(start + size, len(text))
         if end < len(text):
             cut = text.rfind("\n", start, end)
-            end = cut + 1 if cut > start else end
+            if cut > start:
+                end = cut + 1
+            elif (cut := text.rfind(" ", start + 1, end)) > start:
+                end = cut
         out.append(text[start:end])
         start = end
     return out

@@ -126,3 +126,12 @@ def test_a_vocabulary_over_65536_tokens_is_stored_as_uint32(monkeypatch, tmp_pat
     assert meta["dtype"] == "uint32"
     ids = np.fromfile(out / "train.bin", dtype="uint32").tolist() + np.fromfile(out / "val.bin", "uint32").tolist()
     assert big.decode(ids) == "hello world\n" * 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab \n€", max_size=300), st.integers(1, 40))
+def test_long_text_is_encoded_in_pieces_that_join_back(text, size):
+    from lit_gpt.prepare import _pieces
+
+    pieces = _pieces(text, size)
+    assert "".join(pieces) == text and all(0 < len(p) <= size for p in pieces)
