@@ -10,6 +10,8 @@ import torch
 
 from lit_gpt.errors import LitGPTError
 
+NONE = 2**62  # "no bad step" when taking the minimum over ranks
+
 
 class LossGuard(L.Callback):
     """Watches the training loss; at the first NaN or inf it stops training with one line naming the step and the
@@ -64,10 +66,16 @@ class LossGuard(L.Callback):
         """Raise (one line) if a NaN or inf loss has been seen."""
         if self._first_bad is None:
             return
-        step = int(self._first_bad.item())
+        first = self._first_bad
+        if trainer.world_size > 1:
+            # Every rank decides together: one rank raising alone would leave the others waiting in a collective.
+            mine = torch.where(first < 0, torch.full_like(first, NONE), first)
+            first = trainer.strategy.reduce(mine.clone(), reduce_op="min")
+            first = torch.where(first == NONE, torch.full_like(first, -1), first)
+        step = int(first.item())
         if step < 0:
             return
-        value = float(self._bad_value.item())
+        value = float(self._bad_value.item()) if int(self._first_bad.item()) == step else float("nan")
         good = self._last_good(trainer)
         kept = f"the last good checkpoint, {good}, is kept" if good else "no checkpoint had been saved yet"
         raise LitGPTError(

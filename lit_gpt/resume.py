@@ -7,15 +7,16 @@ What a checkpoint needs for a bit-identical continuation, and who saves it:
   ``TextDataModule.train_dataloader`` reads ``trainer.global_step`` after the checkpoint is restored.
 - the random streams (dropout masks): ``ExactResume``, below. Lightning does not save them.
 
-Preemption: on SIGTERM (or SIGUSR1, SLURM's "time is nearly up" warning) Lightning finishes the current step and
-stops; ``ExactResume`` then writes ``last.ckpt`` and the CLI exits with one line saying how to resume. Under SLURM
-with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues the job instead.
+Preemption: on SIGTERM (or SIGUSR1, SLURM's "time is nearly up" warning) ``ExactResume`` lets the current step
+and its validation finish, writes ``last.ckpt`` (all ranks agree on the step), and the CLI exits with one line saying
+how to resume. Under SLURM with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues the job instead.
 """
 
 from __future__ import annotations
 
 import random
 import signal
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,15 @@ class ExactResume(L.Callback):
     def __init__(self, save_on_signal: bool = True) -> None:
         """
         Args:
-            save_on_signal: On SIGTERM, or SIGUSR1 (SLURM's warning before the time limit), finish the current step,
-                save last.ckpt and exit with code 128 + the signal number; resume with --ckpt_path last.
+            save_on_signal: On SIGTERM, or SIGUSR1 (SLURM's warning before the time limit), finish the current step
+                (and its validation), save last.ckpt and exit with code 128 + the signal number; resume with
+                --ckpt_path last.
         """
         self.save_on_signal = save_on_signal
         self._pending: dict[str, Any] | None = None
-        self._signum = signal.SIGTERM
-        self._previous_usr1: Any = None
+        self._received: int | None = None  # the signal number, set by the handler
+        self._saving_between_steps = False
+        self._validated_at: int | None = None
 
     # --- random streams -------------------------------------------------------------------------------------------
 
@@ -91,64 +94,74 @@ class ExactResume(L.Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
+        # The stop point for a signal: the previous step and its validation are done, nothing of this step has
+        # drawn a random number yet, so the checkpoint is the state an uninterrupted run starts this step from.
+        if self.save_on_signal and batch_idx % trainer.accumulate_grad_batches == 0:
+            self._stop_if_signalled(trainer)
 
     # --- preemption -----------------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning has installed its SIGTERM handler by now (it sets trainer.received_sigterm and stops after the
-        # step). Route SIGUSR1 to it too, unless someone (Lightning's SLURM requeue) already handles SIGUSR1.
-        if not self.save_on_signal or not hasattr(signal, "SIGUSR1"):
+        # Replaces Lightning's SIGTERM handler: under DDP it broadcasts from inside the handler, which deadlocks
+        # when the signal lands while the ranks are in another collective. Ours only sets a flag. SIGUSR1 too,
+        # unless Lightning's SLURM auto-requeue handler owns it.
+        if not self.save_on_signal:
             return
-        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
-        self._watch_sigterm()
+        self._received = None
+        signal.signal(signal.SIGTERM, self._on_signal)
+        if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGUSR1, self._on_signal)
+        # Lightning restores the handlers it found when the run ends (its signal connector's teardown).
 
-    def _watch_sigterm(self) -> None:
-        lightning_handler = signal.getsignal(signal.SIGTERM)
-        if not callable(lightning_handler):
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_at = trainer.global_step
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if not self._saving_between_steps:
             return
+        # Lightning resumes exactly from saves at a step's end (its checkpoint callback saves at on_validation_end
+        # or on_train_batch_end). This save is at the next step's start, after the loop counted the next batch as
+        # fetched and the finished step as logged: make the counters read as a save at the end of the finished step,
+        # so the resumed run trains, validates and logs at the same steps as an uninterrupted one.
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        progress = loop.get("epoch_loop.batch_progress", {})
+        for counts in (progress.get("total"), progress.get("current")):
+            if counts and counts.get("ready", 0) == counts.get("completed", 0) + 1:
+                counts["ready"] -= 1
+        state = loop.get("epoch_loop.state_dict", {})
+        if self._validated_at == trainer.global_step and "_batches_that_stepped" in state:
+            state["_batches_that_stepped"] -= 1  # as at on_validation_end, before the step is counted
 
-        def on_term(signum, frame):
-            self._signum = signum
-            lightning_handler(signum, frame)
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._received = signum
 
-        signal.signal(signal.SIGTERM, on_term)
-
-    def _on_usr1(self, signum: int, frame: Any) -> None:
-        self._signum = signum
-        handler = signal.getsignal(signal.SIGTERM)
-        if callable(handler):
-            handler(signal.SIGTERM, frame)
-        self._signum = signum
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_usr1()
-
-    def _restore_usr1(self) -> None:
-        if self._previous_usr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_usr1)
-            self._previous_usr1 = None
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_usr1()
-        if not (self.save_on_signal and isinstance(exception, SIGTERMException)):
+    def _stop_if_signalled(self, trainer: L.Trainer) -> None:
+        stop = self._received is not None
+        if trainer.world_size > 1:  # every rank stops at the same step, whichever got the signal
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
             return
-        # Don't raise from here: Lightning still has to finalize the loggers and tear down after the callbacks.
-        name = signal.Signals(self._signum).name
-        exception.code = 128 + self._signum  # the shell's "ended by signal N": the run did not finish
+        signum = self._received or signal.SIGTERM
+        name = signal.Signals(signum).name
         path = last_checkpoint_path(trainer)
+        stopped = SIGTERMException(128 + signum)  # the shell's "ended by signal N": the run did not finish
         if path is None:
-            exception.lit_gpt_message = f"stopped by {name} at step {trainer.global_step}; checkpointing is off"
-            return
+            stopped.lit_gpt_message = f"stopped by {name} at step {trainer.global_step}; checkpointing is off"
+            raise stopped
+        self._saving_between_steps = True
         try:
             trainer.save_checkpoint(path, weights_only=False)
         except LitGPTError as e:  # e.g. the loss guard refusing to save a diverged model
-            exception.lit_gpt_message = f"stopped by {name} at step {trainer.global_step}, not saved: {e}"
-            return
-        exception.lit_gpt_message = (
+            stopped.lit_gpt_message = f"stopped by {name} at step {trainer.global_step}, not saved: {e}"
+            raise stopped from None
+        finally:
+            self._saving_between_steps = False
+        stopped.lit_gpt_message = (
             f"stopped by {name} at step {trainer.global_step} and saved {path}; "
             "resume with the same command plus --ckpt_path last"
         )
+        raise stopped
 
 
 def preemption_report(exception: SIGTERMException) -> tuple[str, int]:
@@ -185,11 +198,15 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
     logger = trainer.logger
     root = Path(getattr(logger, "root_dir", None) or trainer.default_root_dir)
     found = find_last_checkpoint(root)
-    if found is None:
+    # Under SLURM, Lightning's requeue handler saves hpc_ckpt_<n>.ckpt in the root dir: it may be the newer one.
+    hpc = [p for p in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt") if p.is_file()]
+    newest = max([p for p in (found, *hpc) if p is not None], key=lambda p: p.stat().st_mtime, default=None)
+    if newest is None:
         rank_zero_info(f"--ckpt_path last: no last.ckpt under {root} yet, starting from scratch")
         return None
-    _reuse_version(logger, found)
-    return str(found)
+    if found is not None:
+        _reuse_version(logger, found)
+    return str(newest)
 
 
 def _is_sharded(path: Path) -> bool:
@@ -204,6 +221,8 @@ def _reuse_version(logger: Any, ckpt: Path) -> None:
         return  # a logger without versions, or one already writing: leave it be
     if hasattr(logger, "_version"):
         logger._version = int(version.removeprefix("version_"))
+        # Writing into a folder that has checkpoints is the point here, not the mistake Lightning warns about.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def prepare_run(trainer: L.Trainer, config: Any) -> None:

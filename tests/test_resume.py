@@ -88,8 +88,8 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_a_signal_saves_a_checkpoint_that_resumes_exactly(uninterrupted, corpus, tmp_path, sig):
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(uninterrupted, corpus, tmp_path):
+    sig = signal.SIGTERM
     # An endless run (as far as the test is concerned), signalled once it has passed its first checkpoint.
     proc = start_fit([sys.executable, "-m", "lit_gpt.cli", *fit_args(corpus, 10_000)], tmp_path)
     last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
@@ -105,7 +105,26 @@ def test_a_signal_saves_a_checkpoint_that_resumes_exactly(uninterrupted, corpus,
     assert f"at step {step} " in lines[0] and 10 <= step < 2 * N  # saved at the step it stopped, not at step 10
     resumed = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert curves(run_dir(tmp_path))["train/loss"] == uninterrupted["train/loss"]
+    assert curves(run_dir(tmp_path)) == uninterrupted  # every train and val loss, at the same steps
+
+
+@pytest.mark.parametrize(
+    "sig, step",
+    [(signal.SIGUSR1, 10), (signal.SIGTERM, 13)],
+    ids=["SIGUSR1-at-a-validation-step", "SIGTERM-between-validations"],
+)
+def test_a_signal_at_any_step_resumes_exactly(uninterrupted, corpus, tmp_path, sig, step):
+    """The signal arrives during step `step` (sent by the process to itself, tests/signal_at_step.py)."""
+    hook = ["--trainer.callbacks+=signal_at_step.SignalAtStep", "--trainer.callbacks.step", str(step),
+            "--trainer.callbacks.signal_name", sig.name]  # fmt: skip
+    env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    stopped = run_cli(*fit_args(corpus, 2 * N, *hook), cwd=tmp_path, env=env)
+    assert stopped.returncode == 128 + sig, stopped.stderr[-3000:]
+    assert f"stopped by {sig.name} at step {step} and saved" in stopped.stderr
+    assert torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+    resumed = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(run_dir(tmp_path)) == uninterrupted
 
 
 # A `lit-gpt fit` whose checkpoint writes hang half-way through the second last.ckpt, as if the disk stalled or the
