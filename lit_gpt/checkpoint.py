@@ -11,6 +11,7 @@ from lit_gpt.checkpoint_io import check_readable, load_error
 from lit_gpt.convert import is_sharded, load_sharded
 from lit_gpt.errors import LitGPTError
 from lit_gpt.lightning_module import CHECKPOINT_KEY
+from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.tokenizer import Tokenizer
 
@@ -52,7 +53,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         raise LitGPTError(f"{str(path)!r} has no tokenizer: it cannot turn generated ids into text")
     model = GPT(GPTConfig(**saved["model_config"]))
     state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()}
-    state = {k: v for k, v in state.items() if not k.startswith("val_loss")}
+    state = merge_lora_state({k: v for k, v in state.items() if not k.startswith("val_loss")})  # a LoRA run's
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

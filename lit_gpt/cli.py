@@ -23,7 +23,9 @@ from lit_gpt.checkpoint import load_model
 from lit_gpt.convert import convert
 from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError
+from lit_gpt.export import export
 from lit_gpt.generate import stream
+from lit_gpt.init_from import prepare_init_from
 from lit_gpt.lightning_module import LitGPT
 from lit_gpt.loss_guard import LossGuard
 from lit_gpt.parallel import FSDP2, GlobalBatch
@@ -62,6 +64,8 @@ class LitGPTCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config.trainer.strategy == "fsdp":
             config.trainer.strategy = FSDP2
+        if config.model.get("init_from"):  # the tokenizer travels with the weights: the data uses the model's
+            prepare_init_from(config)
 
     def _parse_ckpt_path(self) -> None:
         # Runs right after parsing, before anything is built (replaces LightningCLI's, which crashes on a corrupt
@@ -191,7 +195,7 @@ def generate(
         print(f"--- {stats['tokens']} tokens at {stats['tokens_per_sec']:.0f} tokens/s", file=sys.stderr)
 
 
-COMMANDS = {"generate": generate, "convert": convert}
+COMMANDS = {"generate": generate, "convert": convert, "export": export}
 
 
 def main(argv: list[str] | None = None) -> None:

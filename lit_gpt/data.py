@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from lit_gpt.errors import LitGPTError
 from lit_gpt.prepare import encode_document, prepare
 from lit_gpt.sources import Source, resolve
-from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer import CharTokenizer, PlaceholderCharTokenizer, Tokenizer
 
 __all__ = ["prepare", "window_starts", "permuted_starts", "RandomWindows", "PermutedWindows", "TextDataModule"]
 
@@ -64,6 +64,20 @@ def make_batch(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple
     windows = np.stack([tokens[s : s + block_size + 1] for s in starts]).astype(np.int64)
     batch = torch.from_numpy(windows)
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+
+def placeholder_tokenizer(path: str, placeholder: str) -> Tokenizer:
+    """The tokenizer saved at ``path``; a char one maps unknown characters to ``placeholder``. The prepared data
+    keeps its cache key: where the plain tokenizer succeeds the two give the same tokens."""
+    tok = Tokenizer.load(path)
+    if not isinstance(tok, CharTokenizer):
+        return tok  # byte-level BPE encodes any text
+    if placeholder not in tok.stoi:
+        raise LitGPTError(
+            f"--data.placeholder {placeholder!r} is not in the tokenizer's vocabulary; choose one of "
+            + repr("".join(tok.chars))
+        )
+    return PlaceholderCharTokenizer(tok.chars, placeholder)
 
 
 class RandomWindows(IterableDataset):
@@ -218,6 +232,8 @@ class TextDataModule(L.LightningDataModule):
         streaming: bool = False,
         sampling: str = "random",
         num_proc: int | None = None,
+        unknown: str = "error",
+        placeholder: str = " ",
     ) -> None:
         """Text for language modelling: char-level or BPE, from a built-in corpus, local files or the Hub.
 
@@ -251,6 +267,9 @@ class TextDataModule(L.LightningDataModule):
             sampling: 'random': windows at uniformly random offsets, with replacement (nanoGPT's); 'permutation': a
                 seeded permutation of all windows per epoch, without replacement and disjoint across ranks.
             num_proc: Processes that tokenize when preparing (default: one per core).
+            unknown: Characters that a given char tokenizer (e.g. a pretrained model's) does not know: 'error'
+                lists them and stops; 'replace' encodes each as placeholder.
+            placeholder: The character that stands for unknown ones with unknown='replace'; must be in the vocabulary.
         """
         super().__init__()
         problems = [
@@ -276,6 +295,10 @@ class TextDataModule(L.LightningDataModule):
             problems.append("streaming needs a tokenizer other than char (bpe, gpt2 or hf:PATH)")
         if streaming and sampling != "random":
             problems.append("sampling 'permutation' needs prepared token files, not streaming")
+        if unknown not in ("error", "replace"):
+            problems.append(f"unknown must be 'error' or 'replace', got {unknown!r}")
+        if not isinstance(placeholder, str) or len(placeholder) != 1:
+            problems.append(f"placeholder must be one character, got {placeholder!r}")
         if num_proc is not None and num_proc <= 0:
             problems.append(f"num_proc must be positive, got {num_proc!r}")
         if problems:
@@ -290,6 +313,7 @@ class TextDataModule(L.LightningDataModule):
         )
         self.seed, self.cache_dir, self.num_workers = seed, cache_dir, num_workers
         self.streaming, self.sampling = streaming, sampling
+        self.unknown, self.placeholder = unknown, placeholder
         self.text_field, self.subset, self.split = text_field, subset, split
         self.prepare_kwargs = dict(
             bpe_vocab_size=bpe_vocab_size,
@@ -308,7 +332,10 @@ class TextDataModule(L.LightningDataModule):
 
     def prepare(self) -> Path:
         """Tokenize the corpus (or find it already tokenized); returns the prepared folder."""
-        return prepare(self.source, self.tokenizer_spec, self.cache_dir, self.val_fraction, **self.prepare_kwargs)
+        tokenizer = self.tokenizer_spec
+        if self.unknown == "replace" and str(tokenizer).endswith(".json") and not str(tokenizer).startswith("hf:"):
+            tokenizer = placeholder_tokenizer(tokenizer, self.placeholder)
+        return prepare(self.source, tokenizer, self.cache_dir, self.val_fraction, **self.prepare_kwargs)
 
     def prepare_data(self) -> None:
         # Once per node, before any rank reads (Lightning calls this on local rank 0 only).

@@ -9,6 +9,7 @@ tokenizer as plain data, so a checkpoint alone can rebuild the model and generat
 from __future__ import annotations
 
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,9 @@ import torch
 from torchmetrics import MeanMetric
 
 from lit_gpt.errors import LitGPTError
+from lit_gpt.finetune import apply_finetune, finetune_problems
+from lit_gpt.init_from import build_model, load_pretrained, target_config
+from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.optim import configure_adamw, warmup_cosine
 from lit_gpt.parallel import parallelize
@@ -23,6 +27,8 @@ from lit_gpt.tokenizer import Tokenizer
 
 CHECKPOINT_KEY = "lit_gpt"  # our plain-data section of a Lightning checkpoint
 SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")  # what weights must agree on
+# The block's layout (lecture steps, modern block): checked on load, with the defaults filling older checkpoints.
+BLOCK_FIELDS = ("bigram", "projections", "norm", "mlp", "mlp_hidden", "tie_weights", "position", "qk_norm")
 
 
 class LitGPT(L.LightningModule):
@@ -38,6 +44,12 @@ class LitGPT(L.LightningModule):
         beta2: float = 0.99,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        init_from: str | None = None,
+        freeze_embeddings: bool = False,
+        freeze_layers: int = 0,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.0,
     ) -> None:
         """A GPT language model trained with AdamW and a warm-up + cosine learning-rate schedule.
 
@@ -53,6 +65,16 @@ class LitGPT(L.LightningModule):
             compile: Compile the model with torch.compile (first steps are slower while it compiles).
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
+            init_from: Start from these weights (weights only: fresh optimizer, step 0): a lit-gpt .ckpt or run
+                folder, a folder written by lit-gpt export, or a Hugging Face GPT-2 folder. The architecture and the
+                tokenizer come from it; config sets block_size (at most its own), dropout and a larger vocab_size
+                to pad to. To resume a run, use --ckpt_path instead.
+            freeze_embeddings: Do not train the token and position embeddings (nor the output layer, tied to them).
+            freeze_layers: Do not train the first N Transformer blocks.
+            lora_rank: Rank of LoRA adapters on the attention and MLP projections; 0 is off. With LoRA only the
+                adapters train; lit-gpt export merges them into plain weights.
+            lora_alpha: LoRA scaling: the adapters' output is multiplied by lora_alpha / lora_rank.
+            lora_dropout: Dropout on the adapters' input.
         """
         super().__init__()
         if isinstance(config, dict):  # from a checkpoint's hyper-parameters
@@ -70,6 +92,9 @@ class LitGPT(L.LightningModule):
         for name, value in (("beta1", beta1), ("beta2", beta2)):
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
+        problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
+        if init_from is not None and not Path(init_from).expanduser().exists():
+            problems.append(f"init_from {init_from!r} does not exist")
         if problems:
             raise LitGPTError("invalid model config: " + "; ".join(problems))
         # Plain data only: checkpoints must load with weights_only=True.
@@ -102,12 +127,33 @@ class LitGPT(L.LightningModule):
                     "tokens: leave vocab_size empty to take it from the data"
                 )
             vocab_size = vocab_size or self.tokenizer.vocab_size
-        if vocab_size is None:
+        if vocab_size is None and not self.hparams.get("init_from"):
             raise LitGPTError(
                 "the model's vocab_size is unknown: train with a datamodule or set model.config.vocab_size"
             )
-        self.config = replace(self.config, vocab_size=vocab_size)
-        self.model = GPT(self.config)
+        if self.hparams.get("init_from"):  # weights, architecture and tokenizer from a pretrained model
+            pre = load_pretrained(self.hparams.init_from)
+            if self.tokenizer is not None and pre.tokenizer is not None:
+                if self.tokenizer.to_dict() != pre.tokenizer.to_dict():
+                    raise LitGPTError(
+                        f"the data's tokenizer differs from that of {pre.origin}: tokenize the data with the "
+                        "pretrained model's tokenizer (the CLI does when --model.init_from is set)"
+                    )
+            data_vocab = self.tokenizer.vocab_size if self.tokenizer is not None else None
+            self.config = target_config(pre, self.config, data_vocab)
+            self.model = build_model(pre, self.config)
+        else:
+            self.config = replace(self.config, vocab_size=vocab_size)
+            self.model = GPT(self.config)
+        hp = self.hparams
+        apply_finetune(
+            self.model,
+            freeze_embeddings=hp.get("freeze_embeddings", False),
+            freeze_layers=hp.get("freeze_layers", 0),
+            lora_rank=hp.get("lora_rank", 0),
+            lora_alpha=hp.get("lora_alpha", 16.0),
+            lora_dropout=hp.get("lora_dropout", 0.0),
+        )
         # Sharding (under ModelParallelStrategy), activation checkpointing and compile come from outside the model.
         parallelize(
             self.model,
@@ -194,10 +240,13 @@ class LitGPT(L.LightningModule):
         if self.model is None:  # LitGPT.load_from_checkpoint: build from what the checkpoint says
             self.config = saved_config
             self.model = GPT(saved_config)
+            # A LoRA run's adapters, folded into the plain model built here.
+            merged = merge_lora_state({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
+            checkpoint["state_dict"] = {(k if k.startswith("val_loss") else "model." + k): v for k, v in merged.items()}
         else:
             diff = {
                 k: (getattr(saved_config, k), getattr(self.model.config, k))
-                for k in SHAPE_FIELDS
+                for k in SHAPE_FIELDS + BLOCK_FIELDS
                 if getattr(saved_config, k) != getattr(self.model.config, k)
             }
             if not diff:

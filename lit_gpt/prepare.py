@@ -161,7 +161,10 @@ def _prepare_in_memory(
         ids = tok.encode_array(text)
         val_ids = tok.encode_array(val_text) if val else None
     except UnknownCharactersError as e:
-        raise LitGPTError(f"{e}; the tokenizer was not built from this corpus") from None
+        raise LitGPTError(
+            f"{e}; the tokenizer (e.g. a pretrained model's) was not built from this corpus: remove them, or encode "
+            "each as a known character with --data.unknown replace --data.placeholder ' '"
+        ) from None
     if val_ids is None:
         n_val = int(len(ids) * val_fraction)
         ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]  # by position, as nanoGPT does

@@ -136,4 +136,23 @@ class CharTokenizer(Tokenizer):
         return cls(list(state["chars"]))
 
 
+class PlaceholderCharTokenizer(CharTokenizer):
+    """A char tokenizer that encodes characters it does not know as ``placeholder`` (``--data.unknown replace``).
+    It serialises exactly as the ``CharTokenizer`` it wraps, so the data still matches the model's tokenizer."""
+
+    def __init__(self, chars: Sequence[str], placeholder: str) -> None:
+        super().__init__(chars)
+        if placeholder not in self.stoi:
+            raise ValueError(f"the placeholder {placeholder!r} is not in the tokenizer's vocabulary")
+        self.placeholder = placeholder
+
+    def encode_array(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        ids = np.full(codes.shape, self.stoi[self.placeholder], dtype=np.int64)
+        known = codes < len(self._table)
+        ids[known] = self._table[codes[known]]
+        ids[ids < 0] = self.stoi[self.placeholder]
+        return ids
+
+
 from lit_gpt import bpe as _bpe  # noqa: E402, F401  (registers the BPE kinds: bpe, hf, gpt2)

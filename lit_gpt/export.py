@@ -1,0 +1,141 @@
+"""``lit-gpt export``: a trained checkpoint -> a folder of safetensors weights that other tools (and init_from) load.
+
+- ``--format hf``: ``config.json`` + ``model.safetensors`` in Hugging Face GPT-2's layout (Conv1D weights
+  transposed), which ``transformers.GPT2LMHeadModel.from_pretrained(DIR)`` loads with the same logits; plus the
+  tokenizer's ``tokenizer.json`` when it is a BPE one. Only GPT-2's block exports this way.
+- ``--format safetensors``: lit-gpt's own parameter names, any architecture.
+
+Both write ``lit_gpt.json`` (the model config and the tokenizer), so ``--model.init_from DIR`` and ``generate`` get
+the exact model back. LoRA adapters are merged into the plain weights. Nothing is written half: the folder is
+built under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lit_gpt.errors import LitGPTError
+from lit_gpt.init_from import CONV1D, LIT_META, load_pretrained
+from lit_gpt.model import GPTConfig, mlp_hidden_size
+
+FORMATS = ("hf", "safetensors")
+
+
+def hf_problems(config: GPTConfig) -> list[str]:
+    """What keeps a config from being a Hugging Face GPT-2."""
+    problems = []
+    if config.bigram:
+        problems.append("a bigram model")
+    for name, want in (("residual", True), ("projections", True), ("norm", "layernorm"), ("position", "learned")):
+        if getattr(config, name) != want:
+            problems.append(f"{name} is {getattr(config, name)!r} (GPT-2: {want!r})")
+    if config.mlp not in ("gelu", "relu"):
+        problems.append(f"mlp is {config.mlp!r} (GPT-2: 'gelu')")
+    if config.qk_norm:
+        problems.append("qk_norm is on")
+    if not config.bigram and config.mlp != "none" and mlp_hidden_size(config) != 4 * config.n_embd:
+        problems.append(f"mlp_hidden is {mlp_hidden_size(config)} (GPT-2: 4 x n_embd)")
+    return problems
+
+
+def to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """lit-gpt names and ``nn.Linear`` layout -> GPT2LMHeadModel's (output layer left to weight tying)."""
+    out = {}
+    for key, value in state.items():
+        if key == "lm_head.weight":
+            continue
+        out[key] = value.t().contiguous() if key.endswith(CONV1D) else value.contiguous()
+    if not config.bias:  # GPT-2 always has biases: zeros give the same function
+        for i in range(config.n_layer):
+            p = f"transformer.h.{i}."
+            widths = {"ln_1": config.n_embd, "ln_2": config.n_embd, "attn.c_attn": 3 * config.n_embd}
+            widths |= {"attn.c_proj": config.n_embd, "mlp.c_fc": 4 * config.n_embd, "mlp.c_proj": config.n_embd}
+            for name, width in widths.items():
+                out[p + name + ".bias"] = torch.zeros(width, dtype=state["transformer.wte.weight"].dtype)
+        out["transformer.ln_f.bias"] = torch.zeros(config.n_embd, dtype=state["transformer.wte.weight"].dtype)
+    return out
+
+
+def hf_config(config: GPTConfig, eot_id: int | None) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        # lit-gpt's GELU is the exact one (GPT-2's own is the tanh approximation, "gelu_new").
+        "activation_function": "relu" if config.mlp == "relu" else "gelu",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": "float32",
+    }
+
+
+def export(*, checkpoint: str, out: str, format: str = "hf") -> None:
+    """Write a checkpoint's weights as safetensors: for Hugging Face transformers (hf) or lit-gpt (safetensors).
+
+    Args:
+        checkpoint: A lit-gpt .ckpt, a run folder (its newest last.ckpt), a sharded checkpoint folder or an
+            exported folder.
+        out: The folder to write (created; an existing one is replaced only if it holds an earlier export).
+        format: 'hf': config.json + model.safetensors for transformers' GPT2LMHeadModel (GPT-2's block only);
+            'safetensors': lit-gpt's parameter names, for any architecture.
+    """
+    from safetensors.torch import save_file
+
+    if format not in FORMATS:
+        raise LitGPTError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    target = Path(out).expanduser()
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / LIT_META).is_file()):
+        raise LitGPTError(f"--out {out!r} exists and is not an earlier export: give a new folder")
+    pre = load_pretrained(checkpoint)
+    config, tokenizer = pre.config, pre.tokenizer
+    state = {**pre.state}
+    if format == "hf":
+        problems = hf_problems(config)
+        if problems:
+            raise LitGPTError(
+                "this model is not a GPT-2 that transformers can load (" + "; ".join(problems) + "): export it "
+                "with --format safetensors"
+            )
+        state = to_hf(state, config)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        meta = {
+            "format": format,
+            "model_config": asdict(config),
+            "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+        }
+        (tmp / LIT_META).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+        if format == "hf":
+            eot = tokenizer.eot_id if tokenizer is not None else None
+            (tmp / "config.json").write_text(json.dumps(hf_config(config, eot), indent=1), encoding="utf-8")
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(tmp / "tokenizer.json")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n = sum(v.numel() for v in pre.state.values())
+    print(f"wrote {target} ({format}: {n:,} weights, {config.n_layer} layers, vocab {config.vocab_size})")

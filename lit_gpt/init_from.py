@@ -1,0 +1,262 @@
+"""``--model.init_from PATH``: start training from pretrained weights (weights only: fresh optimizer, step 0).
+
+PATH may be
+- a lit-gpt checkpoint: a Lightning ``.ckpt`` file, a sharded (FSDP) checkpoint folder, or a run folder (its newest
+  ``last.ckpt``); a LoRA run's adapters are merged in;
+- a folder written by ``lit-gpt export`` (``lit_gpt.json`` next to ``model.safetensors``), either format;
+- a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``), e.g. a download
+  of gpt2 or gpt2-medium. Its Conv1D weights are transposed into ``nn.Linear`` layout, as nanoGPT's
+  ``from_pretrained`` does.
+
+The weights bring their architecture and their tokenizer: the model's shape comes from PATH (``model.config`` only
+picks ``block_size`` (at most PATH's), ``dropout``, and a larger ``vocab_size`` to pad to, e.g. GPT-2's 50,257 to
+50,304; padded rows start as the mean embedding, as transformers' ``resize_token_embeddings`` does, so they take
+little probability), and the data is tokenized with PATH's tokenizer (see ``data_tokenizer``). Nothing is ever
+unpickled beyond tensors: ``torch.load(weights_only=True)`` or safetensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_gpt.errors import LitGPTError
+from lit_gpt.lora import merge_lora_state
+from lit_gpt.model import GPT, GPTConfig
+from lit_gpt.tokenizer import Tokenizer
+
+LIT_META = "lit_gpt.json"  # written by lit-gpt export next to model.safetensors: format, model config, tokenizer
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # HF's (in, out)
+
+
+@dataclass
+class Pretrained:
+    """Weights in lit-gpt's names (output layer left out: it is tied to ``transformer.wte``), their config and
+    tokenizer."""
+
+    state: dict[str, torch.Tensor]
+    config: GPTConfig
+    tokenizer: Tokenizer | None
+    origin: str
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """Read any supported PATH (see the module docstring)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LitGPTError(f"init_from {str(path)!r} does not exist: give a .ckpt, an exported folder or a GPT-2 folder")
+    stamp = max((f.stat().st_mtime_ns for f in ([p] if p.is_file() else p.iterdir())), default=0)
+    return _load_cached(str(p.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=1)  # the CLI reads the tokenizer, then the model its weights: one read
+def _load_cached(path: str, stamp: int) -> Pretrained:
+    p = Path(path)
+    if p.is_dir() and (p / LIT_META).is_file():
+        return _read_export(p)
+    if p.is_dir() and (p / "config.json").is_file():
+        return _read_hf(p)
+    return _read_checkpoint(p)
+
+
+def _read_checkpoint(path: Path) -> Pretrained:
+    from lit_gpt.checkpoint import load_raw  # imports the LightningModule, which imports this module
+
+    ckpt = load_raw(path)
+    saved = ckpt.get("lit_gpt") if isinstance(ckpt, dict) else None
+    if saved is None:
+        raise LitGPTError(
+            f"{str(path)!r} is not a lit-gpt checkpoint, an exported folder (with {LIT_META}) or a Hugging Face "
+            "GPT-2 folder (with config.json)"
+        )
+    state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()}
+    state = merge_lora_state({k: v for k, v in state.items() if not k.startswith("val_loss")})
+    tokenizer = Tokenizer.from_dict(saved["tokenizer"]) if saved.get("tokenizer") else None
+    return Pretrained(_untied(state), GPTConfig(**saved["model_config"]), tokenizer, f"lit-gpt checkpoint {path}")
+
+
+def _read_export(folder: Path) -> Pretrained:
+    meta = json.loads((folder / LIT_META).read_text(encoding="utf-8"))
+    state = _read_weights(folder)
+    config = GPTConfig(**meta["model_config"])
+    if meta.get("format") == "hf":
+        state = _from_hf(state)
+        if not config.bias:  # the export wrote zero biases for transformers
+            state = {k: v for k, v in state.items() if not k.endswith(".bias")}
+    tokenizer = Tokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
+    return Pretrained(_untied(state), config, tokenizer, f"lit-gpt export {folder}")
+
+
+def _read_hf(folder: Path) -> Pretrained:
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    problems = []
+    if cfg.get("model_type") != "gpt2":
+        problems.append(f"model_type is {cfg.get('model_type')!r}; only GPT-2 (model_type 'gpt2') folders load")
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu"):
+        problems.append(f"activation_function {act!r} is not supported (gelu, gelu_new or relu)")
+    if abs(cfg.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        problems.append(f"layer_norm_epsilon is {cfg['layer_norm_epsilon']}; lit-gpt's LayerNorm uses 1e-5")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if cfg.get(flag):
+            problems.append(f"{flag} is not supported")
+    if cfg.get("scale_attn_weights") is False:
+        problems.append("scale_attn_weights false is not supported")
+    if cfg.get("tie_word_embeddings") is False:
+        problems.append("untied output embeddings are not supported")
+    if problems:
+        raise LitGPTError(f"{folder}/config.json: " + "; ".join(problems))
+    # GPT-2's gelu_new is tanh-approximated; lit-gpt's GELU is exact (as nanoGPT's): logits differ by ~1e-3.
+    config = GPTConfig(
+        vocab_size=cfg["vocab_size"],
+        block_size=cfg.get("n_positions", 1024),
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        n_embd=cfg["n_embd"],
+        bias=True,
+        mlp="relu" if act == "relu" else "gelu",
+    )
+    return Pretrained(_untied(_from_hf(_read_weights(folder))), config, _hf_tokenizer(folder), f"GPT-2 {folder}")
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (folder / "model.safetensors").is_file():
+        return load_file(folder / "model.safetensors")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {k: v for f in files for k, v in load_file(folder / f).items()}
+    if (folder / "pytorch_model.bin").is_file():
+        try:
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise LitGPTError(
+                f"refused to load {folder}/pytorch_model.bin: {str(e).splitlines()[0]} (only plain tensors load)"
+            ) from None
+    raise LitGPTError(f"{folder} has no model.safetensors or pytorch_model.bin")
+
+
+def _from_hf(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT2LMHeadModel names and Conv1D layout -> lit-gpt's."""
+    out = {}
+    for key, value in hf.items():
+        if key == "lm_head.weight" or key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # tied output layer; the causal-mask buffers of old checkpoints
+        name = key.removeprefix("transformer.")
+        out["transformer." + name] = value.t().contiguous() if name.endswith(CONV1D) else value
+    return out
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if "transformer.wte.weight" not in state and "lm_head.weight" in state:
+        state["transformer.wte.weight"] = state["lm_head.weight"]
+    return {k: v for k, v in state.items() if k != "lm_head.weight"}
+
+
+def _hf_tokenizer(folder: Path) -> Tokenizer | None:
+    from lit_gpt.bpe import HFTokenizer
+
+    if (folder / "tokenizer.json").is_file():
+        return HFTokenizer.from_file(folder / "tokenizer.json")
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():  # the slow tokenizer's files
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        return HFTokenizer(bpe._tokenizer.to_str())
+    return None
+
+
+def target_config(pre: Pretrained, wanted: GPTConfig, data_vocab: int | None = None) -> GPTConfig:
+    """The config to build: PATH's architecture with ``wanted``'s block_size, dropout and (larger) vocab_size."""
+    src = pre.config
+    vocab = wanted.vocab_size or src.vocab_size
+    problems = []
+    if vocab < src.vocab_size:
+        problems.append(f"model.config.vocab_size {vocab} is smaller than the pretrained vocabulary ({src.vocab_size})")
+    elif vocab != src.vocab_size and src.bigram:
+        problems.append("a bigram model's vocabulary cannot be padded")
+    if data_vocab is not None and data_vocab > vocab:
+        problems.append(f"the data's tokenizer has {data_vocab} tokens but the pretrained model only {vocab}")
+    if wanted.block_size > src.block_size and src.position == "learned" and not src.bigram:
+        problems.append(
+            f"model.config.block_size {wanted.block_size} is longer than the pretrained model's {src.block_size} "
+            f"(it has no position embeddings beyond): use --model.config.block_size {src.block_size} or less"
+        )
+    if problems:
+        raise LitGPTError(f"cannot initialise from {pre.origin}: " + "; ".join(problems))
+    return replace(src, vocab_size=vocab, block_size=wanted.block_size, dropout=wanted.dropout)
+
+
+@torch.no_grad()
+def build_model(pre: Pretrained, config: GPTConfig) -> GPT:
+    """A ``GPT`` of ``config`` (from ``target_config``) holding the pretrained weights."""
+    model = GPT(config)
+    state = dict(pre.state)
+    wte = state.get("transformer.wte.weight")
+    if wte is not None and wte.size(0) < config.vocab_size:  # pad: new rows are the mean embedding
+        extra = wte.float().mean(0, keepdim=True).expand(config.vocab_size - wte.size(0), -1).to(wte.dtype)
+        state["transformer.wte.weight"] = torch.cat([wte, extra])
+    wpe = state.get("transformer.wpe.weight")
+    if wpe is not None and wpe.size(0) > config.block_size:  # a shorter context: the first positions (nanoGPT's crop)
+        state["transformer.wpe.weight"] = wpe[: config.block_size]
+    if model.lm_head is not None:
+        state["lm_head.weight"] = state.get("transformer.wte.weight")
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k} is {tuple(state[k].shape)} but the model's is {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k] is not None and state[k].shape != v.shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise LitGPTError(f"the weights of {pre.origin} do not fit its config: {shown}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    return model
+
+
+def data_tokenizer(init_from: str, data_tokenizer: str, cache_dir: str) -> str:
+    """The ``--data.tokenizer`` value that tokenizes the finetuning corpus with the pretrained model's tokenizer:
+    its JSON, written once under ``cache_dir/tokenizers/``. Without a tokenizer in PATH (a GPT-2 folder with no
+    tokenizer files) the user's choice is kept, if they made one."""
+    pre = load_pretrained(init_from)
+    if pre.tokenizer is None:
+        if data_tokenizer == "char":
+            raise LitGPTError(
+                f"{pre.origin} has no tokenizer (tokenizer.json or vocab.json + merges.txt): give the one it was "
+                "trained with, e.g. --data.tokenizer gpt2 or --data.tokenizer hf:PATH/tokenizer.json"
+            )
+        return data_tokenizer
+    path = Path(cache_dir) / "tokenizers" / f"{pre.tokenizer.fingerprint()}.json"
+    if data_tokenizer not in ("char", str(path)):
+        raise LitGPTError(
+            f"--data.tokenizer {data_tokenizer!r} conflicts with --model.init_from: the pretrained model's own "
+            "tokenizer is used; leave --data.tokenizer out"
+        )
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        pre.tokenizer.save(tmp)
+        tmp.replace(path)  # atomic: ranks that start together never read half a file
+    return str(path)
+
+
+def prepare_init_from(config: Any) -> None:
+    """Before anything is built (a parsed fit config): check that the pretrained model fits ``model.config`` and
+    point ``data.tokenizer`` at its tokenizer, so shape problems surface before the data is tokenized."""
+    model, data = config.model, config.data
+    wanted = model.config
+    shape = GPTConfig(
+        vocab_size=wanted.get("vocab_size"), block_size=wanted.get("block_size", 64), dropout=wanted.get("dropout", 0.0)
+    )
+    target_config(load_pretrained(model.init_from), shape)
+    data.tokenizer = data_tokenizer(model.init_from, data.tokenizer, data.cache_dir)
