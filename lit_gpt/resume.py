@@ -9,13 +9,16 @@ What a checkpoint needs for a bit-identical continuation, and who saves it:
 
 Preemption: on SIGTERM (or SIGUSR1, SLURM's "time is nearly up" warning) ``ExactResume`` lets the current step
 and its validation finish, writes ``last.ckpt`` (all ranks agree on the step), and the CLI exits with one line saying
-how to resume. Under SLURM with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues the job instead.
+how to resume. Under SLURM with Lightning's auto-requeue on, the job is then requeued (``scontrol requeue``), as
+Lightning's own handler would, but without its collectives inside a signal handler.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -102,14 +106,14 @@ class ExactResume(L.Callback):
     # --- preemption -----------------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Replaces Lightning's SIGTERM handler: under DDP it broadcasts from inside the handler, which deadlocks
-        # when the signal lands while the ranks are in another collective. Ours only sets a flag. SIGUSR1 too,
-        # unless Lightning's SLURM auto-requeue handler owns it.
+        # Replaces Lightning's SIGTERM and SLURM-requeue SIGUSR1 handlers: they run collectives (a broadcast, a
+        # checkpoint save) inside the handler, which deadlocks DDP ranks caught in another collective. Ours only
+        # sets a flag; the ranks act on it together at the next step (and requeue as Lightning would).
         if not self.save_on_signal:
             return
         self._received = None
         signal.signal(signal.SIGTERM, self._on_signal)
-        if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+        if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._on_signal)
         # Lightning restores the handlers it found when the run ends (its signal connector's teardown).
 
@@ -161,7 +165,29 @@ class ExactResume(L.Callback):
             f"stopped by {name} at step {trainer.global_step} and saved {path}; "
             "resume with the same command plus --ckpt_path last"
         )
+        job = _slurm_requeue(trainer) if signum != signal.SIGTERM else None
+        if job:
+            stopped.lit_gpt_message += f" (SLURM job {job} requeued)"
         raise stopped
+
+
+def _slurm_requeue(trainer: L.Trainer) -> str | None:
+    """What Lightning's SLURM auto-requeue does on SIGUSR1 (``scontrol requeue``), once the checkpoint is safe."""
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if env is None:  # a single-device strategy: Lightning keeps the environment on its connector
+        env = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    if not (isinstance(env, SLURMEnvironment) and env.auto_requeue) or not trainer.is_global_zero:
+        return None
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        rank_zero_info(f"could not requeue SLURM job {job}: {e}")
+        return None
+    return job if done.returncode == 0 else None
 
 
 def preemption_report(exception: SIGTERMException) -> tuple[str, int]:

@@ -127,6 +127,26 @@ def test_a_signal_at_any_step_resumes_exactly(uninterrupted, corpus, tmp_path, s
     assert curves(run_dir(tmp_path)) == uninterrupted
 
 
+def test_under_slurm_sigusr1_saves_and_requeues_the_job(corpus, tmp_path):
+    """Lightning's SLURM auto-requeue, done from a step boundary instead of inside the signal handler."""
+    (tmp_path / "bin").mkdir()
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.write_text(f'#!/bin/bash\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lit-gpt", "SLURM_NTASKS": "1", "SLURM_NODELIST": "localhost",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+    path = os.pathsep.join([str(tmp_path / "bin"), os.environ["PATH"]])
+    pythonpath = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    hook = ["--trainer.callbacks+=signal_at_step.SignalAtStep", "--trainer.callbacks.step", "5",
+            "--trainer.callbacks.signal_name", "SIGUSR1"]  # fmt: skip
+    env = {**ONE_THREAD, **slurm, "PATH": path, "PYTHONPATH": pythonpath}
+    r = run_cli(*fit_args(corpus, 2 * N, *hook), cwd=tmp_path, env=env)
+    assert r.returncode == 128 + signal.SIGUSR1, r.stderr[-3000:]
+    assert "(SLURM job 4242 requeued)" in r.stderr
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
 # A `lit-gpt fit` whose checkpoint writes hang half-way through the second last.ckpt, as if the disk stalled or the
 # job was killed mid-save; it writes the temporary file's name to $MARKER when it hangs.
 SLOW_SAVE = """
