@@ -64,6 +64,13 @@ class GPTConfig:
     mlp_hidden: int | None = None
     """Hidden width of the MLP. Empty: 4 x n_embd; for swiglu 8/3 x n_embd rounded up to a multiple of 8, which keeps
     the parameter count of a 4 x n_embd MLP (swiglu has three matrices, not two); n_embd when projections is off."""
+    init: Literal["gpt2", "pytorch"] = "gpt2"
+    """Initial weights. "gpt2": normal with std 0.02, residual projections scaled down by 1/sqrt(2 n_layer).
+    "pytorch": PyTorch's own defaults, as in the lecture's code (N(0, 1) embeddings, uniform +-1/sqrt(fan_in) Linear
+    weights): the lecture's models without residual connections or norms need weights that large to train well."""
+    tie_weights: bool = True
+    """The output layer shares its matrix with the token embedding (GPT-2). False gives it its own, as the lecture
+    has: without residual connections the last layer's output is far from an embedding, and tying hurts there."""
 
     # --- a modern block ------------------------------------------------------------------------------------------
     position: Literal["learned", "rotary"] = "learned"
@@ -97,6 +104,7 @@ def config_problems(config: GPTConfig) -> list[str]:
         "norm": ("layernorm", "rmsnorm", "none"),
         "mlp": ("gelu", "relu", "swiglu", "none"),
         "position": ("learned", "rotary"),
+        "init": ("gpt2", "pytorch"),
     }
     for name, allowed in choices.items():
         value = getattr(config, name, allowed[0])
@@ -279,7 +287,8 @@ class GPT(nn.Module):
                 dict(wte=nn.Embedding(config.vocab_size, config.vocab_size), h=nn.ModuleList())
             )
             self.lm_head = None
-            self.apply(self._init_weights)
+            if config.init == "gpt2":
+                self.apply(self._init_weights)
             return
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.position == "learned":  # rotary embeddings have no parameters: they act inside attention
@@ -293,8 +302,11 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf, 2017): the output layer reads tokens the way the input embeds them.
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_weights:
+            # Weight tying (Press & Wolf, 2017): the output layer reads tokens the way the input embeds them.
+            self.transformer.wte.weight = self.lm_head.weight
+        if config.init == "pytorch":
+            return
         self.apply(self._init_weights)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance does not grow
         # with depth (two residual branches per block).
