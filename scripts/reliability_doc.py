@@ -49,10 +49,11 @@ GUARANTEES = [
     ),
     (
         "preemption",
-        "SIGTERM or SIGUSR1 (SLURM's warning signal): the current step finishes, `last.ckpt` is saved, the process "
-        "exits with 128 + the signal number and one line. Under SLURM with auto-requeue, Lightning saves and "
-        "requeues the job",
-        "test_a_signal_saves_a_checkpoint_that_resumes_exactly[SIGTERM], [SIGUSR1]",
+        "SIGTERM or SIGUSR1 (SLURM's warning signal): the current step and its validation finish, every rank saves "
+        "`last.ckpt` at the same step, the process exits with 128 + the signal number and one line; resuming is "
+        "exact. Under SLURM with auto-requeue the job is requeued",
+        "test_sigterm_saves_a_checkpoint_that_resumes_exactly, test_a_signal_at_any_step_resumes_exactly, "
+        "test_under_slurm_sigusr1_saves_and_requeues_the_job",
     ),
     (
         "checkpoints are never half-written",
