@@ -59,7 +59,8 @@ def finish(*procs: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus):
     """The same 10 steps five ways: one process with batch 2B; batch B with 2 accumulation steps; the same from
-    global_batch.tokens; DDP with B per rank; FSDP2 (with activation checkpointing) with B per rank."""
+    global_batch.tokens; DDP with B per rank; FSDP2 (with activation checkpointing) with B per rank, stopped after
+    step 5 and resumed from its sharded checkpoint."""
     cwd = tmp_path_factory.mktemp("scale")
     # Two 1-thread processes at a time: the machine has 2 cores.
     finish(
@@ -71,7 +72,10 @@ def runs(tmp_path_factory, corpus):
     finish(start(corpus, cwd, "tokens", "--data.batch_size", str(B), "--global_batch.tokens", tokens, *every_5))
     two_ranks = ["--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy"]
     finish(start(corpus, cwd, "ddp", *two_ranks, "ddp"))
-    finish(start(corpus, cwd, "fsdp", *two_ranks, "fsdp", "--model.activation_checkpointing", "true"))
+    # FSDP stops after step 5 and resumes from its sharded last.ckpt: the curve must not show the seam.
+    fsdp = [*two_ranks, "fsdp", "--model.activation_checkpointing", "true", "--trainer.val_check_interval", "5"]
+    finish(start(corpus, cwd, "fsdp", *fsdp, "--trainer.max_steps", "5"))
+    finish(start(corpus, cwd, "fsdp", *fsdp, "--ckpt_path", "last"))
     return cwd / "runs"
 
 
@@ -114,10 +118,11 @@ def test_fsdp_writes_sharded_checkpoints_that_convert_to_the_same_weights(runs, 
 
 
 def test_fsdp_and_ddp_log_a_text_sample_from_rank_zero(runs):
-    for name in ("ddp", "fsdp"):  # under FSDP the shards are gathered first; sampling on rank 0 alone would hang
+    # Under FSDP the shards are gathered first: sampling on rank 0 alone would hang in FSDP's all-gathers.
+    for name, steps in (("ddp", [STEPS]), ("fsdp", [5, STEPS])):
         acc = EventAccumulator(str(runs / name / "version_0"), size_guidance={"tensors": 0})
         acc.Reload()
-        assert [e.step for e in acc.Tensors("sample/text_summary")] == [STEPS], name
+        assert [e.step for e in acc.Tensors("sample/text_summary")] == steps, name
 
 
 def test_two_nodes_on_localhost_train_log_once_and_write_one_checkpoint(tmp_path, corpus, runs):
