@@ -76,6 +76,7 @@ class LitGPTCLI(LightningCLI):
             check_ckpt_path(config)
 
     def before_fit(self) -> None:
+        GlobalBatch.apply(self.trainer, self.datamodule)  # before the ranks start: a bad value is reported once
         prepare_run(self.trainer, self.config_init[self.subcommand])  # atomic checkpoints; --ckpt_path last
 
     before_validate = before_fit

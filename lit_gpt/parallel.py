@@ -120,20 +120,31 @@ class GlobalBatch(L.Callback):
         self.tokens = tokens
         self._scaled_val_interval: int | None = None
 
+    @staticmethod
+    def apply(trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+        """Set the trainer's accumulation from the tokens. The CLI calls it before launching the ranks, so a bad
+        value is one message from one process; ``setup`` calls it again in each rank."""
+        for callback in trainer.callbacks:
+            if isinstance(callback, GlobalBatch):
+                callback._set_accumulation(trainer, datamodule)
+
+    def _set_accumulation(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+        if self.tokens is None:
+            return
+        micro_batch, block_size = datamodule.batch_size, datamodule.block_size
+        accumulate = accumulation_steps(self.tokens, micro_batch, block_size, trainer.world_size)
+        given = trainer.accumulate_grad_batches
+        if given not in (1, accumulate):
+            raise LitGPTError(
+                f"global_batch.tokens = {self.tokens} means accumulate_grad_batches = {accumulate}, but "
+                f"trainer.accumulate_grad_batches is {given}: set only one of them"
+            )
+        trainer.accumulate_grad_batches = accumulate
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self.tokens is not None:
-            datamodule = trainer.datamodule
-            micro_batch, block_size = datamodule.batch_size, datamodule.block_size
-            accumulate = accumulation_steps(self.tokens, micro_batch, block_size, trainer.world_size)
-            given = trainer.accumulate_grad_batches
-            if given not in (1, accumulate):
-                raise LitGPTError(
-                    f"global_batch.tokens = {self.tokens} means accumulate_grad_batches = {accumulate}, but "
-                    f"trainer.accumulate_grad_batches is {given}: set only one of them"
-                )
-            trainer.accumulate_grad_batches = accumulate
+        self._set_accumulation(trainer, trainer.datamodule)
         # Lightning counts val_check_interval in micro-batches; lit-gpt counts it in optimizer steps, like max_steps,
         # log_every_n_steps and checkpoint names, so changing the accumulation does not move validation.
         interval = trainer.val_check_interval
