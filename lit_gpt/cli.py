@@ -76,8 +76,8 @@ class LitGPTCLI(LightningCLI):
             check_ckpt_path(config)
 
     def before_fit(self) -> None:
-        GlobalBatch.apply(self.trainer, self.datamodule)  # before the ranks start: a bad value is reported once
-        prepare_run(self.trainer, self.config_init[self.subcommand])  # atomic checkpoints; --ckpt_path last
+        # Atomic checkpoint writes; --ckpt_path last resolved (the parsed config says whether the run is named).
+        prepare_run(self.trainer, self.config_init[self.subcommand], self.config[self.subcommand])
 
     before_validate = before_fit
 

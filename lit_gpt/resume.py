@@ -211,10 +211,11 @@ def find_last_checkpoint(root: str | Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer, named_version: bool = False) -> str | None:
     """``--ckpt_path`` as the Trainer should see it.
 
-    ``last`` is the newest ``last.ckpt`` of this run's logger folder (every run gets a new ``version_N`` folder, so
+    ``last`` is the newest ``last.ckpt`` under the logger's folder, or under the run's own folder when the config
+    names the logger version (every run otherwise gets a new ``version_N`` folder, so
     Lightning's own lookup, which only looks in the new one, would find nothing and silently start over); when there
     is none yet, training starts from scratch, so one command works for the first start and every restart. The
     resumed run logs into the folder it resumes, so curves and best-k checkpoints continue in one place.
@@ -223,6 +224,8 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
         return ckpt_path  # already checked by check_ckpt_path
     logger = trainer.logger
     root = Path(getattr(logger, "root_dir", None) or trainer.default_root_dir)
+    if named_version and getattr(logger, "log_dir", None):  # the config names the run (e.g. slurm-<job id>)
+        root = Path(logger.log_dir)
     found = find_last_checkpoint(root)
     # Under SLURM, Lightning's requeue handler saves hpc_ckpt_<n>.ckpt in the root dir: it may be the newer one.
     hpc = [p for p in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt") if p.is_file()]
@@ -233,6 +236,16 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
     if found is not None:
         _reuse_version(logger, found)
     return str(newest)
+
+
+def _names_logger_version(config: Any) -> bool:
+    """Whether the config sets the logger's version (then that folder is the run, whatever else is in runs/)."""
+    try:
+        logger = config["trainer"]["logger"]
+        init_args = logger["init_args"] if "init_args" in logger else logger
+        return init_args.get("version") is not None
+    except (KeyError, TypeError, AttributeError):
+        return False
 
 
 def _is_sharded(path: Path) -> bool:
@@ -251,13 +264,14 @@ def _reuse_version(logger: Any, ckpt: Path) -> None:
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
-def prepare_run(trainer: L.Trainer, config: Any) -> None:
+def prepare_run(trainer: L.Trainer, config: Any, parsed: Any = None) -> None:
     """Before fit/validate: atomic checkpoint writes unless the user chose a CheckpointIO, and ``--ckpt_path``
-    resolved (see ``resolve_ckpt_path``). ``config`` is the subcommand's parsed config; its ckpt_path is updated."""
+    resolved (see ``resolve_ckpt_path``). ``config`` is the subcommand's instantiated config (its ckpt_path is
+    updated), ``parsed`` the same before instantiation (it tells whether the config names the logger version)."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     requested = config.get("ckpt_path")
-    config["ckpt_path"] = resolve_ckpt_path(requested, trainer)
+    config["ckpt_path"] = resolve_ckpt_path(requested, trainer, _names_logger_version(parsed or config))
     if requested == "last" and config["ckpt_path"]:
         check_ckpt_path(config)
 
