@@ -205,3 +205,24 @@ def test_init_from_a_gpt2_folder_uses_its_tokenizer(tmp_path, corpus):
     assert after["lit_gpt"]["tokenizer"]["kind"] == "hf"
     assert after["lit_gpt"]["model_config"]["vocab_size"] == 320  # padded from 300 to a multiple of 64
     assert after["lit_gpt"]["model_config"]["n_embd"] == 32  # the architecture came from the folder, not TINY
+
+
+def test_pretrain_finetune_script_writes_table_plot_and_side_by_side_runs(tmp_path):
+    """scripts/pretrain_finetune.py at a tiny scale (the documented run takes ~30 minutes)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [sys.executable, str(ROOT / "scripts" / "pretrain_finetune.py"), "--seeds", "1", "--pretrain-steps", "8"]
+    args += ["--finetune-steps", "4", "--eval-every", "2", "--docs", str(tmp_path / "docs"), "--label", "tiny"]
+    args += ["--logdir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "data"), "--extra", *TINY[:10]]
+    args += ["--data.batch_size", "8", "--data.val_batches", "2", "--trainer.accelerator", "cpu"]
+    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = (tmp_path / "docs" / "pretrain_finetune.md").read_text()
+    assert "| 1337 |" in doc and "mean ± sd" in doc and "pretrain_finetune.png" in doc
+    assert (tmp_path / "docs" / "pretrain_finetune.png").stat().st_size > 10_000
+    runs = tmp_path / "runs" / "pretrain_finetune"
+    assert {p.name for p in runs.iterdir()} == {"pretrain", "finetune", "scratch", "pretrained"}
+    assert all(list((runs / arm / "seed1337").glob("events.out.tfevents.*")) for arm in ("finetune", "scratch"))
