@@ -70,6 +70,9 @@ def child(mode: str, kind: str, work: Path, num_proc: int) -> dict:
 
     corpus = work / "corpus.txt"
     tok = make_tokenizer(kind, work)
+    import datasets  # imported before the clock starts, like the loop's tokenizer
+
+    datasets.disable_progress_bars()
     t0 = time.perf_counter()
     if mode == "loop":
         ids = array.array("I")  # compact, unlike a list of Python ints
@@ -87,7 +90,10 @@ def child(mode: str, kind: str, work: Path, num_proc: int) -> dict:
     # VmHWM, not getrusage(RUSAGE_SELF): Linux carries ru_maxrss over exec, so it would report the parent's peak.
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # datasets' forked tokenizing processes
-    return {"seconds": seconds, "tokens": n, "peak_rss_mb": max(hwm, workers) / 1024}
+    cpu = sum(
+        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+    return {"seconds": seconds, "cpu_seconds": cpu, "tokens": n, "peak_rss_mb": max(hwm, workers) / 1024}
 
 
 def loading_overhead() -> dict:
@@ -165,6 +171,7 @@ def main() -> None:
         for vocab in (8192, 16384):
             BPETokenizer.train([plays], vocab).save_pretrained(work / f"bpe{vocab}.json")
         results: dict[str, dict[str, dict]] = {}
+        load_before = os.getloadavg()[0]
         for _ in range(args.rounds):  # interleaved rounds, best of each: the machine is shared and noisy
             for kind in ("bpe", "gpt2-style"):
                 for mode in ("loop", "prepare", "prepare1"):
@@ -178,28 +185,35 @@ def main() -> None:
                     if best is None or res["seconds"] < best["seconds"]:
                         results[kind][mode] = res
                     print(f"{kind:11s} {mode:9s} {size_mb / res['seconds']:6.2f} MB/s  {res['seconds']:6.1f} s  "
-                          f"{res['tokens']:,} tokens  peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
-        for kind, r in results.items():  # lines joined per batch may merge a little differently at line ends
-            assert abs(r["loop"]["tokens"] / r["prepare"]["tokens"] - 1) < 0.01, f"{kind}: loop and prepare disagree"
+                          f"{res['cpu_seconds']:6.1f} CPU s  {res['tokens']:,} tokens  "
+                          f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+        for kind, r in results.items():
+            assert r["loop"]["tokens"] == r["prepare"]["tokens"] == r["prepare1"]["tokens"], f"{kind}: counts differ"
+    load_after = os.getloadavg()[0]
     overhead = loading_overhead()
     print(json.dumps(overhead))
 
     lines = [
-        f"Corpus: the built-in Shakespeare repeated {repeats}x = {size_mb:.0f} MB, one `.txt` file (read line by "
-        f"line). `prepare` = `load_dataset` + `datasets.map(batched=True, num_proc={args.num_proc})` + token files; "
-        "`loop` = a plain single-process loop encoding line by line, then writing the ids (`prepare` encodes "
-        "batches of 4096 lines joined, so its token count differs slightly). Each row is the best of "
+        f"Corpus: the built-in Shakespeare repeated {repeats}x = {size_mb:.0f} MB, one `.txt` file (read into a "
+        "`datasets.Dataset` in ~1 MB runs of lines). `prepare` = `lit_gpt.prepare.prepare`: that, then "
+        f"`datasets.map(batched=True, num_proc={args.num_proc})`, then the token files; `loop` = a plain "
+        "single-process loop encoding line by line, then writing the ids (`prepare` encodes "
+        "~4 kB pieces cut at line breaks: the same tokens). Each row is the best of "
         f"{args.rounds} interleaved runs, each in a fresh process; peak RSS is the largest of the process and its "
         "tokenizing children.",
         "",
-        "| tokenizer | path | MB/s | seconds | tokens | peak RSS | speed-up vs loop |",
-        "|---|---|---|---|---|---|---|",
+        f"Load average (other jobs on this shared machine): {load_before:.1f} at the start, {load_after:.1f} at the "
+        "end; CPU seconds (the process and its children) do not depend on it.",
+        "",
+        "| tokenizer | path | MB/s | seconds | CPU seconds | tokens | peak RSS | speed-up vs loop |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     names = {"loop": "plain loop", "prepare": f"prepare, num_proc={args.num_proc}", "prepare1": "prepare, num_proc=1"}
     for kind, r in results.items():
         for mode, res in r.items():
             lines.append(
                 f"| {kind} | {names[mode]} | {size_mb / res['seconds']:.2f} | {res['seconds']:.1f} | "
+                f"{res['cpu_seconds']:.1f} | "
                 f"{res['tokens']:,} | {res['peak_rss_mb']:.0f} MB | {r['loop']['seconds'] / res['seconds']:.2f}x |"
             )
     lines += [
