@@ -179,11 +179,12 @@ def test_bf16_mixed_trains_with_a_finite_falling_loss(tmp_path, corpus):
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.2
 
 
-def test_global_batch_tokens_that_do_not_divide_say_what_to_change(tmp_path, corpus):
-    r = run_cli(*fit_args(corpus, "bad", "--data.batch_size", "8", "--global_batch.tokens", "1000"), cwd=tmp_path)
+def test_global_batch_tokens_that_do_not_divide_say_what_to_change_once(tmp_path, corpus):
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    r = run_cli(*fit_args(corpus, "bad", "--data.batch_size", "8", "--global_batch.tokens", "1000", *ddp), cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
-    assert "global_batch.tokens = 1000 is not a positive multiple of" in r.stderr and "= 256" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert "global_batch.tokens = 1000 is not a positive multiple of" in r.stderr and "x 2 = 512" in r.stderr
+    assert r.stderr.count("lit-gpt: error:") == 1 and "Traceback" not in r.stderr  # checked before ranks start
 
 
 def test_accumulation_steps_for_nanogpts_gpt2_batch():
