@@ -57,7 +57,7 @@ class GPTConfig:
     connections": heads concatenated straight into the stream and an MLP of one n_embd x n_embd layer."""
     norm: Literal["layernorm", "rmsnorm", "none"] = "layernorm"
     """Normalisation before attention, before the MLP and before the output layer (pre-norm). "rmsnorm" only
-    rescales (no mean subtraction, no bias): a little cheaper, as in LLaMA. "none" is the lecture before LayerNorm."""
+    rescales (no mean subtraction, no bias), as LLaMA does. "none" is the lecture before LayerNorm."""
     mlp: Literal["gelu", "relu", "swiglu", "none"] = "gelu"
     """The feed-forward network after attention. "gelu" is GPT-2's, "relu" the lecture's, "swiglu" LLaMA's gated
     unit (silu(x W) * (x V)), "none" the lecture's attention-only steps."""
