@@ -142,7 +142,11 @@ class ExactResume(L.Callback):
 
     def _stop_if_signalled(self, trainer: L.Trainer) -> None:
         stop = self._received is not None
-        if trainer.world_size > 1:  # every rank stops at the same step, whichever got the signal
+        if trainer.world_size > 1:
+            # Every rank stops at the same step, whichever got the signal. Agreeing is a collective (and a device
+            # sync), so ranks compare flags on logging steps only: a few steps of a preemption's grace period.
+            if trainer.global_step % max(1, trainer.log_every_n_steps) != 0:
+                return
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return
