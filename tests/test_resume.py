@@ -121,6 +121,8 @@ def test_a_signal_at_any_step_resumes_exactly(uninterrupted, corpus, tmp_path, s
     stopped = run_cli(*fit_args(corpus, 2 * N, *hook), cwd=tmp_path, env=env)
     assert stopped.returncode == 128 + sig, stopped.stderr[-3000:]
     assert f"stopped by {sig.name} at step {step} and saved" in stopped.stderr
+    line = next(line for line in stopped.stderr.splitlines() if line.startswith("lit-gpt:"))
+    record(f"preemption: {sig.name} during step {step}", f"kill -{sig.name.removeprefix('SIG')} <pid>", 128 + sig, line)
     assert torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
     resumed = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -143,6 +145,8 @@ def test_under_slurm_sigusr1_saves_and_requeues_the_job(corpus, tmp_path):
     r = run_cli(*fit_args(corpus, 2 * N, *hook), cwd=tmp_path, env=env)
     assert r.returncode == 128 + signal.SIGUSR1, r.stderr[-3000:]
     assert "(SLURM job 4242 requeued)" in r.stderr
+    line = next(line for line in r.stderr.splitlines() if line.startswith("lit-gpt:"))
+    record("preemption under SLURM (auto-requeue on)", "scancel --signal=USR1 <job>", r.returncode, line)
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     assert torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
