@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         curves["finetune"].append([(0, pr), *curve(logdir / "finetune" / f"seed{seed}")])  # step 0: the pretrained
         curves["scratch"].append(curve(logdir / "scratch" / f"seed{seed}"))
         print(f"seed {seed}: finetune {ft:.4f}  scratch {sc:.4f}  pretrained only {pr:.4f}", flush=True)
-    summary = write_docs(a, rows, curves, walls, Path(a.docs))
+        # After every seed, so a run cut short still leaves its table (it says how many seeds it has).
+        summary = write_docs(a, rows, curves, walls, Path(a.docs))
     return summary
 
 

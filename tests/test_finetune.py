@@ -118,8 +118,8 @@ def pretrained(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny model pretrained by the CLI on every play but Hamlet: (working dir, checkpoint)."""
     cwd = tmp_path_factory.mktemp("pretrain")
     r = run_cli(
-        "fit", *TINY, *QUIET, "--data.source", "shakespeare:-hamlet", "--trainer.max_steps", "30",
-        "--trainer.val_check_interval", "30", "--trainer.logger.init_args.name", "pre", cwd=cwd,
+        "fit", *TINY, *QUIET, "--data.source", "shakespeare:-hamlet", "--trainer.max_steps", "12",
+        "--trainer.val_check_interval", "12", "--trainer.logger.init_args.name", "pre", cwd=cwd,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     return cwd, next((cwd / "runs" / "pre").rglob("last.ckpt"))
@@ -139,7 +139,7 @@ def test_finetune_starts_at_step_0_with_the_checkpoint_tokenizer_and_frozen_laye
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     before, after = _ckpt(ckpt), _ckpt(next((cwd / "runs" / "ft").rglob("last.ckpt")))
-    assert after["global_step"] == 8  # weights only: a new run, not a resume at step 30
+    assert after["global_step"] == 8  # weights only: a new run, not a resume at step 12
     assert after["lit_gpt"]["tokenizer"] == before["lit_gpt"]["tokenizer"]  # not rebuilt from Hamlet's characters
     assert after["lit_gpt"]["model_config"]["dropout"] == 0.1
     frozen = ("model.transformer.wte.", "model.transformer.wpe.", "model.lm_head.", "model.transformer.h.0.")
