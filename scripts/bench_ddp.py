@@ -64,11 +64,13 @@ def main() -> None:
         "DDP 2 processes x 1 thread": (args.batch, 1, ["--trainer.strategy", "ddp", "--trainer.devices", "2"]),
     }
     gaps: dict[str, list[float]] = {name: [] for name in variants}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         for _ in range(args.rounds):
             for i, (name, (batch, threads, more)) in enumerate(variants.items()):
                 gaps[name] += step_seconds(cwd, f"v{i}", batch, threads, args.steps, more + extra)
+    load_after = os.getloadavg()[0]
     tokens = 2 * args.batch * 64  # the global batch: the same windows in every variant
     ms = {name: statistics.median(g) * 1e3 for name, g in gaps.items()}
     base = ms["1 process, 2 threads"]
@@ -83,6 +85,8 @@ def main() -> None:
         "",
         f"- DDP scaling efficiency over 1 process on 1 thread: **{ms['1 process, 1 thread'] / ms['DDP 2 processes x 1 thread'] / 2:.0%}**"  # noqa: E501
         " (2 ranks would ideally halve the step time)",
+        f"- 1-minute load average of the machine: {load_before:.1f} before, {load_after:.1f} after (2 cores; above 2,"
+        " other processes competed for the CPU and the absolute figures are low: compare within the table only)",
     ]
     print("\n".join(lines))
     if args.write:
