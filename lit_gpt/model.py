@@ -5,8 +5,9 @@ short list of renames (none for nanoGPT, a transpose of the Conv1D weights for H
 parallelism, compilation and precision are applied from outside by the Trainer.
 
 The defaults are GPT-2's block. A few switches replay the lecture's steps on this same model (``bigram``,
-``residual``, ``projections``, ``norm``, ``mlp``: see ``configs/lecture/``), and a few give a modern block
-(``position="rotary"``, ``norm="rmsnorm"``, ``mlp="swiglu"``, ``qk_norm``): LLaMA's choices, off by default.
+``residual``, ``projections``, ``norm``, ``mlp``, ``init``, ``tie_weights``: see ``configs/lecture/``), and a few
+give a modern block (``position="rotary"``, ``norm="rmsnorm"``, ``mlp="swiglu"``, ``qk_norm``): LLaMA's choices, off
+by default.
 
 References: Karpathy's "Let's build GPT" lecture and nanoGPT; OpenAI's GPT-2 (Radford et al., 2019); RoFormer (Su et
 al., 2021) for rotary embeddings; RMSNorm (Zhang & Sennrich, 2019); SwiGLU (Shazeer, 2020); QK-norm (Dehghani et al.,
