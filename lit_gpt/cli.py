@@ -76,6 +76,7 @@ class LitGPTCLI(LightningCLI):
             check_ckpt_path(config)
 
     def before_fit(self) -> None:
+        GlobalBatch.apply(self.trainer, self.datamodule)  # before the ranks start: a bad value is reported once
         # Atomic checkpoint writes; --ckpt_path last resolved (the parsed config says whether the run is named).
         prepare_run(self.trainer, self.config_init[self.subcommand], self.config[self.subcommand])
 
@@ -111,6 +112,10 @@ def _trainer_defaults() -> dict:
 def fit_cli(args: list[str] | None = None, run: bool = True) -> LitGPTCLI:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # main() passes argv on purpose
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # Lightning vs torch 2.13, harmless
+    # Our loaders slice memory-mapped tokens in-process (workers would only add copies), and val/loss is a
+    # torchmetrics metric already reduced over ranks: Lightning's advice on both does not apply.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     return LitGPTCLI(
         LitGPT,
         TextDataModule,
