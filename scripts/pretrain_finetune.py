@@ -145,6 +145,7 @@ def write_docs(a: argparse.Namespace, rows: list[dict], curves: dict, walls: dic
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python scripts/pretrain_finetune.py " + " ".join(
         [f"--seeds {a.seeds}", f"--pretrain-steps {a.pretrain_steps}", f"--finetune-steps {a.finetune_steps}"]
+        + ([f"--eval-every {a.eval_every}"] if a.eval_every != 50 else [])
         + ([f"--pretrain-source {a.pretrain_source}"] if a.pretrain_source != "shakespeare:-hamlet" else [])
         + ([f"--finetune-source {a.finetune_source}"] if a.finetune_source != "shakespeare:hamlet" else [])
         + (["--extra", *a.extra] if a.extra else [])
