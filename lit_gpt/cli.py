@@ -217,7 +217,12 @@ def main(argv: list[str] | None = None) -> None:
             CLI(COMMANDS[argv[0]], args=argv[1:], prog=f"lit-gpt {argv[0]}", exit_on_error=False)
         else:
             if not argv or argv[0] in ("-h", "--help"):
-                print("lit-gpt generate --help: sample from a checkpoint\n", file=sys.stderr)
+                print(
+                    "other commands (each with --help): generate (sample from a checkpoint), prepare (tokenize a "
+                    "config's data), convert (sharded checkpoint -> one file), export (to Hugging Face or "
+                    "safetensors)\n",
+                    file=sys.stderr,
+                )
             fit_cli(argv)
     except LitGPTError as e:
         if debug:
