@@ -1,6 +1,6 @@
 """Training speed of a config: ms/step and tokens/s through Lightning's Trainer, and the same model, batches and
-optimizer stepped by a plain PyTorch loop (nanoGPT's ``train.py`` loop), interleaved in one process so the ratio
-is fair on a noisy machine.
+optimizer stepped by a plain PyTorch loop (nanoGPT's ``train.py`` loop), interleaved in one process (blocks of 10 steps
+of each, in turn) so the ratio is fair on a noisy machine.
 
     python scripts/bench_train.py --config configs/shakespeare_char_cpu.yaml --steps 200 [--write]
 
@@ -33,69 +33,94 @@ from lit_gpt.flops import peak_flops  # noqa: E402
 from lit_gpt.optim import configure_adamw, warmup_cosine  # noqa: E402
 
 
-class StepTimer(L.Callback):
-    """Wall time between consecutive optimizer steps: everything the Trainer does per step."""
+class Interleaved(L.Callback):
+    """Times the Trainer's optimizer steps and, in blocks between them, the same number of plain-loop steps.
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
+    A run alternates ``block`` Trainer steps with ``block`` plain steps, so both see the same machine state (other
+    processes, clock speed, heat) and their ratio is not at the mercy of a noisy machine. A Trainer step is the wall
+    time from the end of one optimizer step to the end of the next, less any plain steps run in between. The first
+    step after each switch is dropped from both, as it pays for caches the other just filled.
+    """
+
+    def __init__(self, block: int = 10) -> None:
+        self.block = block
+        self.lit: list[float] = []
+        self.plain: list[float] = []
+        self.eager: list[float] = []  # with --model.compile: an uncompiled plain loop too, for compile's gain
         self._last: float | None = None
+        self._plain_steps = self._eager_steps = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._plain_steps = plain_loop(trainer, pl_module, pl_module.hparams.compile)
+        if pl_module.hparams.compile:
+            self._eager_steps = plain_loop(trainer, pl_module, compile=False)
+        self._count = 0
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.fit_loop._should_accumulate():  # mid-accumulation: the optimizer step is not done yet
             return
         now = time.perf_counter()
-        if self._last is not None:
-            self.times.append(now - self._last)
-        self._last = now
+        if self._last is not None and self._count % self.block != 0:
+            self.lit.append(now - self._last)
+        self._count += 1
+        if self._count % self.block == 0:
+            times = [next(self._plain_steps) for _ in range(self.block)]
+            self.plain += times[1:]
+            if self._eager_steps is not None:
+                self.eager += [next(self._eager_steps) for _ in range(self.block)][1:]
+        self._last = time.perf_counter()
 
 
-def lightning_steps(config: str, steps: int, extra: list[str], workdir: str) -> tuple[list[float], object]:
+def lightning_steps(config: str, steps: int, extra: list[str], workdir: str) -> tuple[Interleaved, object]:
     args = [
         "--config", config, "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
         "--trainer.enable_model_summary", "false", "--sample.max_new_tokens", "0",
         "--throughput.measure_cpu_peak", "false", "--trainer.logger.init_args.save_dir", workdir, *extra,
     ]  # fmt: skip
     cli = fit_cli(args + ["--trainer.val_check_interval", str(steps + 1)], run=False)
-    timer = StepTimer()
-    cli.trainer.callbacks.append(timer)
+    timer = Interleaved()
+    cli.trainer.callbacks.append(timer)  # last, so a Trainer step includes every other callback
     cli.trainer.fit(cli.model, cli.datamodule)
-    return timer.times, cli
+    return timer, cli
 
 
-def plain_steps(cli, steps: int) -> list[float]:
-    """nanoGPT's loop: same model class, batches, optimizer, schedule and clipping; no Trainer."""
+def plain_loop(trainer, pl_module, compile: bool):
+    """nanoGPT's loop: same model class, batches, optimizer, schedule and clipping; no Trainer. Yields the wall
+    time of each optimizer step."""
     from lit_gpt.model import GPT
 
-    torch.manual_seed(1337)
-    device = cli.trainer.strategy.root_device  # after fit the Trainer has moved the module back to the CPU
-    model = GPT(cli.model.model.config).to(device)
-    hp = cli.model.hparams
-    if hp.compile:
+    with torch.random.fork_rng():  # the Trainer's run draws the same random numbers as without this benchmark
+        torch.manual_seed(1337)
+        device = trainer.strategy.root_device
+        model = GPT(pl_module.model.config).to(device)
+    hp = pl_module.hparams
+    if compile:
         model.compile()
     optimizer = configure_adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
-    decay = hp.lr_decay_steps or steps
+    decay = hp.lr_decay_steps or trainer.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, hp.warmup_steps, decay, hp.min_lr / hp.learning_rate)
     )
-    batches = iter(cli.datamodule.train_dataloader())
-    accumulate = cli.trainer.accumulate_grad_batches
-    times, last = [], time.perf_counter()
-    for _ in range(steps):
+    batches = iter(trainer.datamodule.train_dataloader())
+    accumulate = trainer.accumulate_grad_batches
+    clip = trainer.gradient_clip_val
+    while True:
+        start = time.perf_counter()
         for _ in range(accumulate):
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with cli.trainer.precision_plugin.forward_context():  # the same autocast as the Trainer's precision
+            with trainer.precision_plugin.forward_context():  # the same autocast as the Trainer's precision
                 _, loss = model(x, y)
             (loss / accumulate).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         sched.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()  # nanoGPT reads the loss every log interval; reading it every step is the Trainer's cost too
-        now = time.perf_counter()
-        times.append(now - last)
-        last = now
-    return times
+        loss.item()  # nanoGPT reads the loss every log interval; the Trainer's loss guard reads it every step
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        yield time.perf_counter() - start
 
 
 def measure(config: str, steps: int, rounds: int, extra: list[str]) -> list[str]:
@@ -104,11 +129,13 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> list[str]
     warm = max(1, steps // 10)
     lit_times: list[float] = []
     plain_times: list[float] = []
+    eager_times: list[float] = []
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(rounds):
-            times, cli = lightning_steps(config, steps, extra, workdir)
-            lit_times += times[warm:]
-            plain_times += plain_steps(cli, steps)[warm:]
+            timer, cli = lightning_steps(config, steps, extra, workdir)
+            lit_times += timer.lit[warm:]
+            plain_times += timer.plain[warm:]
+            eager_times += timer.eager[warm:]
     tokens = cli.datamodule.batch_size * cli.datamodule.block_size * cli.trainer.accumulate_grad_batches
     lit_ms, plain_ms = statistics.median(lit_times) * 1e3, statistics.median(plain_times) * 1e3
     lines = [
@@ -117,11 +144,19 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> list[str]
         f"precision {cli.trainer.precision}, device {cli.trainer.strategy.root_device}",
         f"- Lightning Trainer: **{lit_ms:.1f} ms/step, {tokens / lit_ms * 1e3:,.0f} tokens/s** (median of "
         f"{len(lit_times)} steps after warm-up)",
-        f"- plain PyTorch loop, same model/batches/optimizer: {plain_ms:.1f} ms/step, "
-        f"{tokens / plain_ms * 1e3:,.0f} tokens/s",
+        f"- plain PyTorch loop, same model/batches/optimizer, run in blocks of 10 steps between the Trainer's: "
+        f"{plain_ms:.1f} ms/step, {tokens / plain_ms * 1e3:,.0f} tokens/s",
         f"- Trainer / plain loop step time: **{lit_ms / plain_ms:.3f}x** "
         f"({(lit_ms / plain_ms - 1) * 100:+.1f}% overhead)",
     ]
+    if eager_times:
+        eager_ms = statistics.median(eager_times) * 1e3
+        lines += [
+            f"- the same plain loop uncompiled, in the same blocks: {eager_ms:.1f} ms/step, "
+            f"{tokens / eager_ms * 1e3:,.0f} tokens/s",
+            f"- compiled Trainer over uncompiled plain loop: **{eager_ms / lit_ms:.3f}x** tokens/s "
+            f"(compile alone, plain loops: {eager_ms / plain_ms:.3f}x)",
+        ]
     device = cli.trainer.strategy.root_device
     dtype = torch.bfloat16 if "bf16" in str(cli.trainer.precision) else torch.float32
     peak = peak_flops(device, dtype)
