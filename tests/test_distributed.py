@@ -16,6 +16,7 @@ import torch
 from conftest import ROOT, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_gpt.checkpoint import load_model
 from lit_gpt.errors import LitGPTError
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.parallel import accumulation_steps, parallelize
@@ -85,6 +86,16 @@ def test_ddp_fsdp_and_accumulation_give_the_loss_curve_of_one_process(runs):
     for name in ("accumulate", "tokens", "ddp", "fsdp"):
         curve = losses(runs / name / "version_0")
         assert curve == pytest.approx(reference, abs=1e-4), name
+
+
+def test_throughput_counts_each_ranks_flops_once(runs):
+    # FLOP/s per token/s, per device, as the throughput monitor logs them, is the model's FLOPs per token on one
+    # process and on two ranks alike (counting the global batch's FLOPs on each rank would double MFU).
+    model, _, _ = load_model(runs / "single" / "version_0" / "checkpoints" / "last.ckpt")
+    for name in ("single", "ddp"):
+        s = scalars(runs / name / "version_0")
+        flops, tokens = s["train/device/flops_per_sec"][-1][1], s["train/device/items_per_sec"][-1][1]
+        assert flops / tokens == pytest.approx(model.flops_per_token(), rel=1e-3), name
 
 
 def test_global_batch_tokens_derives_accumulation_and_validation_counts_optimizer_steps(runs):
