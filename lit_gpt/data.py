@@ -365,6 +365,15 @@ class TextDataModule(L.LightningDataModule):
     def _split(self, split: str) -> tuple[Path, str]:
         return self.prepared_dir / f"{split}.bin", self.meta["dtype"]
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Our batches are (inputs, targets): skip Lightning's walk through arbitrary collections (0.1% of a small
+        # model's CPU step).
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+            if batch[0].device == device:
+                return batch
+            return tuple(t.to(device, non_blocking=True) for t in batch)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         # Called after a checkpoint is restored, so global_step puts a resumed run where it left off.

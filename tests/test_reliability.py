@@ -254,10 +254,13 @@ def test_a_prompt_longer_than_the_context_is_cropped_not_an_error(trained, tmp_p
            "(no error: the model sees the prompt's last block_size tokens and continues it)")  # fmt: skip
 
 
-def test_a_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
-    # A learning rate of 1000 makes this model diverge after a few steps; a checkpoint every 2 steps.
+@pytest.mark.parametrize("every", [[], ["--loss_guard.check_every_n_steps", "3"]], ids=["cpu-default", "every-3"])
+def test_a_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, corpus, every):
+    # A learning rate of 1000 makes this model diverge after a few steps; a checkpoint every 2 steps. The default on
+    # a CPU reads the loss every step; the device path (a GPU's default) records the first bad step without waiting
+    # and looks every few steps: both name the first bad step.
     args = fit(str(corpus), "--model.learning_rate", "1000", "--trainer.max_steps", "40",
-               "--trainer.val_check_interval", "2", "--trainer.gradient_clip_val", "0")  # fmt: skip
+               "--trainer.val_check_interval", "2", "--trainer.gradient_clip_val", "0", *every)  # fmt: skip
     r = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     line = next(line for line in r.stderr.splitlines() if line.startswith("lit-gpt: error:"))
@@ -268,7 +271,8 @@ def test_a_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_
     ckpt = torch.load(last, weights_only=True)
     assert 0 < ckpt["global_step"] < bad_step and f"(step {ckpt['global_step']})" in line
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())  # the kept weights are good
-    record("loss turning NaN/inf", "lit-gpt fit ... --model.learning_rate 1000", r.returncode, line)
+    if not every:
+        record("loss turning NaN/inf", "lit-gpt fit ... --model.learning_rate 1000", r.returncode, line)
 
 
 @settings(max_examples=20, deadline=None)
