@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import shlex
+import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,17 @@ def corrupt_inside(tmp: Path, good: Path) -> str:
             noise = random.Random(0).randbytes(len(data))  # fixed, so the message is the same every run
             dst.writestr(item, noise if item.filename.endswith("data.pkl") else data)
     return str(tmp / "corrupt.ckpt")
+
+
+def flipped_bit(tmp: Path, good: Path) -> str:
+    """The checkpoint with one bit flipped in the middle of its largest tensor (the archive itself intact)."""
+    with zipfile.ZipFile(good) as z:
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(good.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", raw, entry.header_offset + 26)  # the entry's local header
+    raw[entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2] ^= 0x10
+    (tmp / "flipped.ckpt").write_bytes(bytes(raw))
+    return str(tmp / "flipped.ckpt")
 
 
 def legacy_pickle(tmp: Path) -> str:
@@ -179,6 +191,16 @@ CASES = {
         "a corrupt checkpoint (a whole archive with a damaged index)",
         lambda t, c, g: fit(str(c), "--ckpt_path", corrupt_inside(t, g)),
         "corrupt",
+    ),
+    "flipped-bit-fit": Case(
+        "a checkpoint with one bit flipped inside a tensor (resume)",
+        lambda t, c, g: fit(str(c), "--ckpt_path", flipped_bit(t, g)),
+        "fails its CRC-32 check",
+    ),
+    "flipped-bit-generate": Case(
+        "a checkpoint with one bit flipped inside a tensor (generate)",
+        lambda t, c, g: ["generate", "--checkpoint", flipped_bit(t, g)],
+        "fails its CRC-32 check",
     ),
     "evil-fit": Case(
         "a checkpoint that would run code when unpickled (resume)",
