@@ -16,6 +16,7 @@ streaming, ``StreamingWindows`` tokenizes the corpus as it reads it instead.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from lit_gpt.prepare import encode_document, prepare
 from lit_gpt.sources import Source, resolve
 from lit_gpt.tokenizer import CharTokenizer, PlaceholderCharTokenizer, Tokenizer
 
-__all__ = ["prepare", "window_starts", "permuted_starts", "RandomWindows", "PermutedWindows", "TextDataModule"]
+__all__ = ["prepare", "window_starts", "permuted_starts", "Share", "RandomWindows", "PermutedWindows", "TextDataModule"]
 
 VAL_STREAM = 2**32  # the "step" whose draw is the validation set; training steps never reach it
 SAMPLING = ("random", "permutation")
@@ -80,41 +81,46 @@ def placeholder_tokenizer(path: str, placeholder: str) -> Tokenizer:
     return PlaceholderCharTokenizer(tok.chars, placeholder)
 
 
+@dataclass(frozen=True)
+class Share:
+    """What one reader of the training stream takes: its micro-batches of every optimizer step's global batch of
+    ``batch_size * world_size * accumulate`` windows, from step ``start_step`` on."""
+
+    block_size: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    accumulate: int = 1
+    start_step: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size * self.accumulate
+
+
 class RandomWindows(IterableDataset):
     """An endless stream of micro-batches of random windows (nanoGPT's ``get_batch``), reproducible from the seed
     and the optimizer step, whatever the number of ranks, accumulation steps and loader workers."""
 
-    def __init__(
-        self,
-        path: Path,
-        dtype: str,
-        block_size: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        accumulate: int = 1,
-        start_step: int = 0,
-    ) -> None:
-        self.path, self.dtype = path, dtype
-        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
-        self.rank, self.world_size, self.accumulate, self.start_step = rank, world_size, accumulate, start_step
+    def __init__(self, path: Path, dtype: str, share: Share) -> None:
+        self.path, self.dtype, self.share = path, dtype, share
 
     def __iter__(self):
         tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        global_batch = self.batch_size * self.world_size * self.accumulate
-        micro = self.start_step * self.accumulate + worker  # micro-batch counter on this rank
+        sh = self.share
+        micro = sh.start_step * sh.accumulate + worker  # micro-batch counter on this rank
         while True:
-            step, acc = divmod(micro, self.accumulate)
-            first = (acc * self.world_size + self.rank) * self.batch_size
-            starts = self._starts(step, global_batch, tokens)[first : first + self.batch_size]
-            yield make_batch(tokens, starts, self.block_size)
+            step, acc = divmod(micro, sh.accumulate)
+            first = (acc * sh.world_size + sh.rank) * sh.batch_size
+            starts = self._starts(step, sh.global_batch, tokens)[first : first + sh.batch_size]
+            yield make_batch(tokens, starts, sh.block_size)
             micro += n_workers  # the DataLoader takes batches from its workers round-robin, so order is kept
 
     def _starts(self, step: int, count: int, tokens: np.ndarray) -> np.ndarray:
-        return window_starts(self.seed, step, count, len(tokens) - self.block_size)
+        return window_starts(self.share.seed, step, count, len(tokens) - self.share.block_size)
 
 
 class PermutedWindows(RandomWindows):
@@ -124,7 +130,7 @@ class PermutedWindows(RandomWindows):
     def _starts(self, step: int, count: int, tokens: np.ndarray) -> np.ndarray:
         if not hasattr(self, "_cache"):
             self._cache: dict = {}
-        return permuted_starts(self.seed, step, count, len(tokens), self.block_size, self._cache)
+        return permuted_starts(self.share.seed, step, count, len(tokens), self.share.block_size, self._cache)
 
 
 class StreamingWindows(IterableDataset):
@@ -139,19 +145,11 @@ class StreamingWindows(IterableDataset):
         tokenizer: Tokenizer,
         cache_dir: str,
         skip_documents: int,
-        block_size: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        accumulate: int = 1,
-        start_step: int = 0,
+        share: Share,
         shuffle_buffer: int = 1000,
     ) -> None:
         self.source, self.tokenizer, self.cache_dir, self.skip = source, tokenizer, cache_dir, skip_documents
-        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
-        self.rank, self.world_size, self.accumulate, self.start_step = rank, world_size, accumulate, start_step
-        self.shuffle_buffer = shuffle_buffer
+        self.share, self.shuffle_buffer = share, shuffle_buffer
 
     def __iter__(self):
         from datasets.distributed import split_dataset_by_node
@@ -159,10 +157,11 @@ class StreamingWindows(IterableDataset):
         stream = self.source.load(self.cache_dir, streaming=True)
         if self.skip:
             stream = stream.skip(self.skip)  # the documents held out for validation
-        stream = split_dataset_by_node(stream, rank=self.rank, world_size=self.world_size)
+        sh = self.share
+        stream = split_dataset_by_node(stream, rank=sh.rank, world_size=sh.world_size)
         if self.shuffle_buffer > 1:
-            stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-        need, skip = self.batch_size * self.block_size + 1, self.start_step * self.accumulate
+            stream = stream.shuffle(seed=sh.seed, buffer_size=self.shuffle_buffer)
+        need, skip = sh.batch_size * sh.block_size + 1, sh.start_step * sh.accumulate
         info = get_worker_info()
         if info is not None:  # datasets gives each loader worker its own shards; the loader takes them round-robin
             skip = max(0, -(-(skip - info.id) // info.num_workers))
@@ -178,8 +177,8 @@ class StreamingWindows(IterableDataset):
                 )
                 while len(buf) >= need:
                     # Windows overlap by one token, so every token is a target once.
-                    windows = np.lib.stride_tricks.sliding_window_view(buf[:need], self.block_size + 1)
-                    batch = torch.from_numpy(windows[:: self.block_size].copy())
+                    windows = np.lib.stride_tricks.sliding_window_view(buf[:need], sh.block_size + 1)
+                    batch = torch.from_numpy(windows[:: sh.block_size].copy())
                     buf = buf[need - 1 :]
                     if skip:
                         skip -= 1
@@ -188,7 +187,7 @@ class StreamingWindows(IterableDataset):
             if empty:
                 if info is not None and info.id > 0:
                     return  # fewer shards than loader workers: datasets leaves this one idle
-                raise LitGPTError(f"rank {self.rank}'s share of the stream {self.source.spec!r} holds no documents")
+                raise LitGPTError(f"rank {sh.rank}'s share of the stream {self.source.spec!r} holds no documents")
             epoch += 1
 
 
@@ -380,18 +379,15 @@ class TextDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         start = trainer.global_step if trainer else 0
-        ds = self._train_windows(rank, world, accumulate, start)
+        ds = self._train_windows(Share(self.block_size, self.batch_size, self.seed, rank, world, accumulate, start))
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def _train_windows(self, rank: int, world: int, accumulate: int, start: int) -> IterableDataset:
+    def _train_windows(self, share: Share) -> IterableDataset:
         if self.meta.get("streaming"):
             source = resolve(self.source, self.text_field, self.subset, self.split, self.cache_dir)
-            skip = self.meta["skip_documents"]
-            args = (self.block_size, self.batch_size, self.seed, rank, world, accumulate, start)
-            return StreamingWindows(source, self.tokenizer, self.cache_dir, skip, *args)
+            return StreamingWindows(source, self.tokenizer, self.cache_dir, self.meta["skip_documents"], share)
         windows = PermutedWindows if self.sampling == "permutation" else RandomWindows
-        path, dtype = self._split("train")
-        return windows(path, dtype, self.block_size, self.batch_size, self.seed, rank, world, accumulate, start)
+        return windows(*self._split("train"), share)
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -101,7 +101,7 @@ def loading_overhead() -> dict:
     batch 12, AdamW), in one process."""
     import torch
 
-    from lit_gpt.data import RandomWindows, prepare
+    from lit_gpt.data import RandomWindows, Share, prepare
     from lit_gpt.model import GPT, GPTConfig
 
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def loading_overhead() -> dict:
         prepared = prepare("shakespeare", "char", d)
         path = prepared / "train.bin"
         vocab = len(json.loads((prepared / "meta.json").read_text())["tokenizer"]["chars"])
-        loader = torch.utils.data.DataLoader(RandomWindows(path, "uint16", 64, 12, seed=1), batch_size=None)
+        loader = torch.utils.data.DataLoader(RandomWindows(path, "uint16", Share(64, 12, seed=1)), batch_size=None)
         it = iter(loader)
         model = GPT(
             GPTConfig(vocab_size=vocab, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
@@ -135,7 +135,7 @@ def loading_overhead() -> dict:
             for x, y in fetched[:40]:
                 step(x, y)
             step_s.append((time.perf_counter() - t0) / 40)
-        it = iter(RandomWindows(path, "uint16", 1024, 12, seed=1))  # GPT-2-sized windows: 12 x 1025 tokens
+        it = iter(RandomWindows(path, "uint16", Share(1024, 12, seed=1)))  # GPT-2-sized windows: 12 x 1025 tokens
         t0 = time.perf_counter()
         for _ in range(500):
             next(it)

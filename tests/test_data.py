@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lit_gpt.corpus import load_text, shakespeare_plays, shakespeare_text
-from lit_gpt.data import RandomWindows, TextDataModule, prepare, window_starts
+from lit_gpt.data import RandomWindows, Share, TextDataModule, prepare, window_starts
 from lit_gpt.errors import LitGPTError
 
 
@@ -62,7 +62,7 @@ def test_the_global_batch_is_the_same_however_it_is_split(tmp_path, corpus):
     path = prepare(str(corpus), "char", tmp_path) / "train.bin"
 
     def first_steps(**kw):
-        it = iter(RandomWindows(path, "uint16", 16, seed=7, **kw))
+        it = iter(RandomWindows(path, "uint16", Share(16, seed=7, **kw)))
         return [next(it)[0] for _ in range(4)]
 
     single = first_steps(batch_size=8)
@@ -74,11 +74,11 @@ def test_the_global_batch_is_the_same_however_it_is_split(tmp_path, corpus):
         assert torch.equal(torch.cat([accum[2 * step], accum[2 * step + 1]]), whole)
     assert not torch.equal(ranks[0][0], ranks[1][0])  # ranks draw different windows
     # Resuming at step 1 continues the same stream.
-    resumed = iter(RandomWindows(path, "uint16", 16, batch_size=8, seed=7, start_step=1))
+    resumed = iter(RandomWindows(path, "uint16", Share(16, batch_size=8, seed=7, start_step=1)))
     assert torch.equal(next(resumed)[0], single[1])
     # Loader workers keep the order.
     loader = torch.utils.data.DataLoader(
-        RandomWindows(path, "uint16", 16, batch_size=8, seed=7), batch_size=None, num_workers=2
+        RandomWindows(path, "uint16", Share(16, batch_size=8, seed=7)), batch_size=None, num_workers=2
     )
     assert all(torch.equal(x, single[i]) for (x, _), i in zip(loader, range(3), strict=False))
 

@@ -11,7 +11,15 @@ from conftest import ROOT, TINY, run_cli
 
 import lit_gpt.prepare
 from lit_gpt.bpe import EOT
-from lit_gpt.data import PermutedWindows, RandomWindows, StreamingWindows, TextDataModule, permuted_starts, prepare
+from lit_gpt.data import (
+    PermutedWindows,
+    RandomWindows,
+    Share,
+    StreamingWindows,
+    TextDataModule,
+    permuted_starts,
+    prepare,
+)
 from lit_gpt.errors import LitGPTError
 from lit_gpt.sources import resolve
 from lit_gpt.tokenizer import Tokenizer
@@ -156,7 +164,9 @@ def test_streaming_reads_windows_sharded_across_ranks(tmp_path):
     skip = meta["skip_documents"]
 
     def batches(rank, world, start=0, n=3):
-        it = iter(StreamingWindows(src, dm.tokenizer, dm.cache_dir, skip, 16, 4, 7, rank, world, start_step=start))
+        it = iter(
+            StreamingWindows(src, dm.tokenizer, dm.cache_dir, skip, Share(16, 4, 7, rank, world, start_step=start))
+        )
         return [next(it) for _ in range(n)]
 
     r0, r1 = batches(0, 2), batches(1, 2)
@@ -189,7 +199,7 @@ def test_permutation_sampling_visits_every_window_once_per_epoch_disjoint_across
     path = prepare(str(corpus), "char", tmp_path) / "train.bin"
 
     def first(cls, **kw):
-        it = iter(cls(path, "uint16", block, seed=7, **kw))
+        it = iter(cls(path, "uint16", Share(block, seed=7, **kw)))
         return [next(it)[0] for _ in range(5)]
 
     ranks = [first(PermutedWindows, batch_size=4, rank=r, world_size=2) for r in range(2)]
