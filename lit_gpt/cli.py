@@ -32,7 +32,7 @@ from lit_gpt.lightning_module import LitGPT
 from lit_gpt.loss_guard import LossGuard
 from lit_gpt.parallel import FSDP2, GlobalBatch
 from lit_gpt.prepare import prepare_cli
-from lit_gpt.resume import ExactResume, check_ckpt_path, preemption_report, prepare_run
+from lit_gpt.resume import ExactResume, RunCheckpoint, check_ckpt_path, preemption_report, prepare_run
 from lit_gpt.tokenizer import UnknownCharactersError
 from lit_gpt.validation import check_fit_config
 
@@ -42,7 +42,7 @@ class LitGPTCLI(LightningCLI):
         # One context length: the data's windows are the model's block size.
         parser.link_arguments("model.config.block_size", "data.block_size")
         # Always-on callbacks, each configurable under its own key (e.g. --checkpoint.save_top_k 3).
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",

@@ -201,6 +201,19 @@ def preemption_report(exception: SIGTERMException) -> tuple[str, int]:
     return message, code
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that ``last.ckpt`` is written at every validation. Lightning 2.6 writes it
+    only when a best-k checkpoint was written too, so once val loss stopped improving (a long run's tail, any
+    finetune that overfits) ``last.ckpt`` would stay behind and a crash would resume from the last improvement."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # Skips itself when the step was saved already (a best-k save writes last.ckpt with it).
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            if not self._should_save_on_train_epoch_end(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     """Where ``last.ckpt`` goes: the checkpoint callback's folder."""
     for cb in trainer.checkpoint_callbacks:

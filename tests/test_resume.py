@@ -65,6 +65,16 @@ def test_resume_from_last_continues_bit_for_bit(uninterrupted, corpus, tmp_path)
     assert ckpt["global_step"] == 2 * N
 
 
+def test_last_ckpt_follows_every_validation_even_when_val_loss_does_not_improve(corpus, tmp_path):
+    # mode max: the falling val loss never "improves" after the first validation. Lightning 2.6 would then leave
+    # last.ckpt at step 10, so a crash at step 35 would resume from there; it must hold the step-30 validation.
+    r = run_cli(*fit_args(corpus, 35, "--checkpoint.mode", "max"), cwd=tmp_path, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpts = run_dir(tmp_path) / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 30
+    assert [p.name[:10] for p in ckpts.glob("step*.ckpt")] == ["step000010"]  # the best-k file: still the "best"
+
+
 def test_ckpt_path_last_on_a_fresh_run_starts_from_scratch(corpus, tmp_path):
     """One command for the first start and every restart of a preemptible job."""
     r = run_cli(*fit_args(corpus, 2, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
