@@ -202,9 +202,11 @@ def preemption_report(exception: SIGTERMException) -> tuple[str, int]:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except that ``last.ckpt`` is written at every validation. Lightning 2.6 writes it
-    only when a best-k checkpoint was written too, so once val loss stopped improving (a long run's tail, any
-    finetune that overfits) ``last.ckpt`` would stay behind and a crash would resume from the last improvement."""
+    """Lightning's ModelCheckpoint, with last.ckpt written at every validation.
+
+    Lightning 2.6 writes last.ckpt only when a best-k checkpoint was written too, so once val loss stopped improving
+    (a long run's tail, any finetune that overfits) it would stay behind and a crash would resume from the last
+    improvement."""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
