@@ -1,0 +1,40 @@
+"""The benchmark scripts still run and report what docs/benchmarks.md shows (tiny model, few steps)."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT, TINY
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import benchmarks_doc  # noqa: E402
+
+
+def test_bench_train_times_the_trainer_and_the_plain_loop_in_one_run(tmp_path, corpus):
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--steps", "40", "--rounds", "1"]
+    cmd += [*TINY, "--data.source", str(corpus), "--data.cache_dir", str(tmp_path)]
+    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1"}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trainer = re.search(r"Lightning Trainer: \*\*([\d.]+) ms/step, ([\d,]+) tokens/s\*\* \(median of (\d+)", r.stdout)
+    plain = re.search(r"plain PyTorch loop.*?: ([\d.]+) ms/step", r.stdout)
+    ratio = re.search(r"Trainer / plain loop step time: \*\*([\d.]+)x\*\*", r.stdout)
+    assert trainer and plain and ratio, r.stdout
+    lit_ms, plain_ms = float(trainer.group(1)), float(plain.group(1))
+    assert int(trainer.group(3)) >= 20  # Trainer steps timed, after warm-up and block switches
+    assert abs(float(ratio.group(1)) - lit_ms / plain_ms) < 0.05  # the ratio of the medians shown (rounded)
+    assert 0.5 < lit_ms / plain_ms < 3  # the same work both ways: a broken timer lands far outside
+    assert "MFU" in r.stdout
+
+
+def test_a_benchmark_replaces_its_own_section_and_keeps_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmarks_doc, "DOC", tmp_path / "benchmarks.md")
+    benchmarks_doc.write_section("a", "2026-01-01", "cpu", "cmd a", ["- one"])
+    benchmarks_doc.write_section("b", "2026-01-01", "cpu", "cmd b", ["- two"])
+    benchmarks_doc.write_section("a", "2026-01-02", "cpu", "cmd a", ["- three"])
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert text.startswith("# Benchmarks")
+    assert "- three" in text and "- one" not in text and "- two" in text
+    assert text.index("## a") < text.index("## b")  # replaced in place, not appended
