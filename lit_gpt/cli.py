@@ -24,7 +24,7 @@ from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
 from lit_gpt.checkpoint import load_model
 from lit_gpt.convert import convert
 from lit_gpt.data import TextDataModule
-from lit_gpt.errors import LitGPTError
+from lit_gpt.errors import LitGPTError, report
 from lit_gpt.export import export
 from lit_gpt.generate import stream
 from lit_gpt.init_from import prepare_init_from
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     except LitGPTError as e:
         if debug:
             raise
-        print(f"lit-gpt: error: {e}", file=sys.stderr)
+        report(str(e))
         sys.exit(2)
     except ArgumentError as e:
         if debug:

@@ -1,8 +1,75 @@
-"""The one exception type for problems a user can fix (a bad path, a bad config value, a corrupt checkpoint).
+"""The one exception type for problems a user can fix (a bad path, a bad config value, a corrupt checkpoint), and how
+its message reaches the user.
 
 The CLI prints its message as one line and exits non-zero; any other exception is a bug and keeps its traceback.
+Under multi-process training every rank usually meets the same problem (a bad data split, a diverged loss the ranks
+agreed on): rank 0 prints the line, and another rank prints only what rank 0 did not.
 """
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 
 class LitGPTError(Exception):
     """A problem with the user's input: the message says what is wrong and what to do."""
+
+
+SAID_BY_RANK_ZERO_WAIT = 2.0  # seconds another rank waits to see whether rank 0 reported the same problem
+
+
+def report(message: str, prefix: str = "lit-gpt: error") -> None:
+    """Print ``prefix: message`` on stderr, once for the whole job on this machine when the ranks agree."""
+    rank, marker = _rank(), _marker()
+    if marker is None or rank is None:  # one process
+        print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+        return
+    if rank == 0:
+        print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+        said = {"message": message, "pid": os.getpid(), "ppid": os.getppid(), "time": time.time()}
+        tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(said), encoding="utf-8")
+            os.replace(tmp, marker)
+        except OSError:
+            pass
+        return
+    deadline = time.monotonic() + SAID_BY_RANK_ZERO_WAIT
+    while time.monotonic() < deadline:
+        if _said_by_my_rank_zero(marker, message):
+            return
+        time.sleep(0.05)
+    print(f"{prefix} (rank {rank}): {message}", file=sys.stderr, flush=True)
+
+
+def _rank() -> int | None:
+    for name in ("RANK", "LOCAL_RANK"):  # torchrun sets both; Lightning's launcher sets LOCAL_RANK on its children
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return 0  # the process that launched Lightning's children is rank 0 and has no rank variable
+    return None
+
+
+def _marker() -> Path | None:
+    port = os.environ.get("MASTER_PORT")
+    if not port:
+        return None
+    host = os.environ.get("MASTER_ADDR", "").replace("/", "_")
+    return Path(tempfile.gettempdir()) / f"lit-gpt-error-{host}-{port}.json"
+
+
+def _said_by_my_rank_zero(marker: Path, message: str) -> bool:
+    try:
+        said = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # Rank 0 of this job, not of an earlier one on the same port: it is our parent (Lightning launched us) or our
+    # sibling (torchrun launched us both), and it spoke just now.
+    same_job = os.getppid() in (said.get("pid"), said.get("ppid")) and time.time() - said.get("time", 0) < 60
+    return same_job and said.get("message") == message

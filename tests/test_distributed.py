@@ -98,6 +98,17 @@ def test_throughput_counts_each_ranks_flops_once(runs):
         assert flops / tokens == pytest.approx(model.flops_per_token(), rel=1e-3), name
 
 
+def test_a_problem_every_rank_meets_is_reported_once(tmp_path, corpus):
+    # Both ranks see the loss diverge (they decide together) and stop with the same message: one line, not two.
+    diverge = ["--model.learning_rate", "1000", "--trainer.gradient_clip_val", "0", "--trainer.val_check_interval", "4"]
+    ddp = ["--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    p = start(corpus, tmp_path, "nan", *ddp, *diverge)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("lit-gpt: error")]
+    assert len(lines) == 1 and "the training loss became" in lines[0], err[-3000:]
+
+
 def test_global_batch_tokens_derives_accumulation_and_validation_counts_optimizer_steps(runs):
     # Accumulation 2 from the tokens, and val_check_interval 5 means after optimizer steps 5 and 10 (logged as
     # steps 4 and 9, Lightning's logging step being 0-based), not after every 5 micro-batches (4 validations).
