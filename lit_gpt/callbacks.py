@@ -32,7 +32,8 @@ class TokenThroughput(ThroughputMonitor):
             window_size=window_size,
         )
         self.measure_cpu_peak = measure_cpu_peak
-        self._pending_flops = 0  # FLOPs of the batches since the last clock reading
+        # Per stage, the FLOPs of the batches since its last clock reading (a validation can come between two).
+        self._pending_flops: dict[RunningStage, int] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -56,7 +57,8 @@ class TokenThroughput(ThroughputMonitor):
         self._samples[stage] += tokens.size(0)
         self._lengths[stage] += tokens.numel()
         self._batches[stage] += 1
-        self._pending_flops += pl_module.flops_per_batch or 0  # this rank's: Throughput multiplies by world_size
+        flops = pl_module.flops_per_batch or 0  # this rank's: Throughput multiplies by world_size
+        self._pending_flops[stage] = self._pending_flops.get(stage, 0) + flops
         if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
             return
         self._read_clock(trainer, stage)
@@ -80,7 +82,8 @@ class TokenThroughput(ThroughputMonitor):
         self._samples[stage] += self.batch_size_fn(batch)
         self._lengths[stage] += self.length_fn(batch)
         self._batches[stage] += 1
-        self._pending_flops += getattr(pl_module, "flops_per_batch", None) or 0
+        flops = getattr(pl_module, "flops_per_batch", None) or 0
+        self._pending_flops[stage] = self._pending_flops.get(stage, 0) + flops
         self._read_clock(trainer, stage)
 
     def _read_clock(self, trainer: L.Trainer, stage: RunningStage) -> None:
@@ -91,9 +94,9 @@ class TokenThroughput(ThroughputMonitor):
             batches=self._batches[stage],
             samples=self._samples[stage],
             lengths=self._lengths[stage],
-            flops=self._pending_flops or None,
+            flops=self._pending_flops.get(stage) or None,
         )
-        self._pending_flops = 0
+        self._pending_flops[stage] = 0
 
 
 class SampleText(L.Callback):

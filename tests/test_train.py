@@ -9,6 +9,8 @@ import torch
 from conftest import ROOT, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_gpt.checkpoint import load_model
+
 GOLDEN = ROOT / "tests" / "assets" / "golden_loss.json"
 
 
@@ -107,3 +109,21 @@ def test_golden_loss_curve(tmp_path, corpus):
     golden = json.loads(GOLDEN.read_text())["train/loss"]
     assert losses == pytest.approx(golden, abs=1e-4)
     assert losses[-1] < losses[0]
+
+
+def test_mfu_counts_the_training_flops_when_validation_falls_between_logging_steps(tmp_path, corpus):
+    # Validations at steps 6, 12, 18, ... between logging steps 4, 8, 12, ...: every logged FLOP/s per token/s must
+    # still be the model's training FLOPs per token (no training FLOPs credited to a validation, or lost).
+    r = run_cli(
+        "fit", "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY, "--data.source", str(corpus),
+        "--trainer.max_steps", "30", "--trainer.val_check_interval", "6", "--trainer.log_every_n_steps", "4",
+        "--throughput.window_size", "2", "--sample.max_new_tokens", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "shakespeare_char_cpu" / "version_0"
+    model, _, _ = load_model(run / "checkpoints" / "last.ckpt")
+    s = scalars(run)
+    flops, tokens = dict(s["train/device/flops_per_sec"]), dict(s["train/device/items_per_sec"])
+    assert len(flops) >= 5
+    for step, value in flops.items():
+        assert value / tokens[step] == pytest.approx(model.flops_per_token(), rel=1e-3), step
