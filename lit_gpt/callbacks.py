@@ -169,12 +169,14 @@ class ProgressBar(RichProgressBar):
         super().__init__(*args, **kwargs)
         self._last_draw = 0.0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.monotonic()
-        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        if now - self._last_draw >= self.REDRAW_SECONDS or last:
+        last = batch_idx + 1 == self.total_train_batches or 0 < trainer.max_steps <= trainer.global_step
+        if now - self._last_draw >= self.REDRAW_SECONDS or last:  # the last batch is always drawn: the bar ends full
             self._last_draw = now
-            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _get_train_description(self, current_epoch: int) -> str:
         return (

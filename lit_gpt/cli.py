@@ -90,7 +90,7 @@ class LitGPTCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("enable_progress_bar") is not False:
-            callbacks = [*callbacks, ProgressBar(refresh_rate=10, leave=True)]  # a redraw per step costs ~10%
+            callbacks = [*callbacks, ProgressBar(refresh_rate=10, leave=True)]  # Rich redraws 10 times a second
         trainer = super()._instantiate_trainer(config, callbacks)
         if type(trainer.profiler) is PassThroughProfiler:  # no --trainer.profiler given
             trainer.profiler = NullProfiler()
