@@ -7,7 +7,7 @@ import sys
 from lit_gpt import errors
 
 RANK_ONE = """
-import os, sys
+import sys
 from lit_gpt.errors import report
 report(sys.argv[1])
 """
