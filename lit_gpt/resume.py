@@ -202,11 +202,17 @@ def preemption_report(exception: SIGTERMException) -> tuple[str, int]:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with last.ckpt written at every validation.
+    """Lightning's ModelCheckpoint, with last.ckpt written at every validation and when training ends.
 
     Lightning 2.6 writes last.ckpt only when a best-k checkpoint was written too, so once val loss stopped improving
     (a long run's tail, any finetune that overfits) it would stay behind and a crash would resume from the last
-    improvement."""
+    improvement; and a run that ends between two validations lost its last steps."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        # The last steps after the last validation are work too: a run that ends between validations saves them.
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

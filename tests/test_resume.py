@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
@@ -65,13 +66,38 @@ def test_resume_from_last_continues_bit_for_bit(uninterrupted, corpus, tmp_path)
     assert ckpt["global_step"] == 2 * N
 
 
-def test_last_ckpt_follows_every_validation_even_when_val_loss_does_not_improve(corpus, tmp_path):
-    # mode max: the falling val loss never "improves" after the first validation. Lightning 2.6 would then leave
-    # last.ckpt at step 10, so a crash at step 35 would resume from there; it must hold the step-30 validation.
-    r = run_cli(*fit_args(corpus, 35, "--checkpoint.mode", "max"), cwd=tmp_path, env=ONE_THREAD)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_a_run_that_ends_between_validations_keeps_its_last_steps(uninterrupted, corpus, tmp_path):
+    # Validation every 10 steps, the run ends at step 37: last.ckpt holds step 37, not 30, and a resume from it
+    # continues the uninterrupted curve exactly.
+    first = run_cli(*fit_args(corpus, 2 * N - 3), cwd=tmp_path, env=ONE_THREAD)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * N - 3
+    resumed = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(run_dir(tmp_path)) == uninterrupted
+
+
+def test_last_ckpt_follows_every_validation_even_when_val_loss_does_not_improve(corpus, tmp_path, monkeypatch):
+    # mode max: the falling val loss never "improves" after the first validation. Lightning 2.6 alone would leave
+    # last.ckpt at step 10 until the run ends, so a crash at step 35 would resume from step 10.
+    from lit_gpt.cli import fit_cli
+
+    class Recorder(L.Callback):  # what a crash at the start of each step would find in last.ckpt
+        seen: list[tuple[int, int]] = []
+
+        def on_train_batch_start(self, trainer, *args) -> None:
+            step = trainer.global_step
+            if step % 10 == 1 and step > 1:
+                last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+                self.seen.append((step, torch.load(last, weights_only=True)["global_step"]))
+
+    monkeypatch.chdir(tmp_path)
+    cli = fit_cli(fit_args(corpus, 35, "--checkpoint.mode", "max")[1:], run=False)
+    cli.trainer.callbacks.append(Recorder())
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert Recorder.seen == [(11, 10), (21, 20), (31, 30)]
     ckpts = run_dir(tmp_path) / "checkpoints"
-    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 30
     assert [p.name[:10] for p in ckpts.glob("step*.ckpt")] == ["step000010"]  # the best-k file: still the "best"
 
 
