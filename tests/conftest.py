@@ -40,3 +40,17 @@ TINY = [
     "--data.val_batches", "4", "--trainer.accelerator", "cpu", "--trainer.enable_model_summary", "false",
     "--throughput.measure_cpu_peak", "false", "--sample.max_new_tokens", "40",
 ]  # fmt: skip
+
+
+def assert_cached_logits_equal_full_forward(model) -> None:
+    """A prompt prefilled into the KV cache, then decoded one token at a time, gives the logits of one full forward
+    pass (a vocabulary of at least 50, block_size at least 12)."""
+    import torch
+
+    idx = torch.randint(0, 50, (3, 12))
+    full, _ = model(idx)
+    model.set_kv_cache(3)
+    prefill, _ = model(idx[:, :5], input_pos=0)
+    steps = [model(idx[:, t : t + 1], input_pos=t)[0] for t in range(5, 12)]
+    model.set_kv_cache(None)
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)

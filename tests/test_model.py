@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_cached_logits_equal_full_forward
 
 from lit_gpt.generate import generate_tokens
 from lit_gpt.model import GPT, GPTConfig
@@ -74,14 +75,7 @@ def test_sequence_longer_than_block_size_is_refused():
 
 
 def test_kv_cache_logits_equal_full_forward():
-    model = tiny()
-    idx = torch.randint(0, 50, (3, 12))
-    full, _ = model(idx)
-    model.set_kv_cache(3)
-    prefill, _ = model(idx[:, :5], input_pos=0)
-    steps = [model(idx[:, t : t + 1], input_pos=t)[0] for t in range(5, 12)]
-    model.set_kv_cache(None)
-    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+    assert_cached_logits_equal_full_forward(tiny())
 
 
 def test_cached_and_uncached_greedy_generation_agree_within_block():

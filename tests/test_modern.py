@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, assert_cached_logits_equal_full_forward, run_cli
 
 from lit_gpt.checkpoint import load_model
 from lit_gpt.generate import generate_tokens
@@ -64,14 +64,7 @@ def test_modern_block_is_off_by_default_and_has_gpt2s_parameter_count():
 
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_modern_kv_cache_logits_equal_full_forward(qk_norm):
-    model = tiny(**MODERN, qk_norm=qk_norm)
-    idx = torch.randint(0, 50, (3, 12))
-    full, _ = model(idx)
-    model.set_kv_cache(3)
-    prefill, _ = model(idx[:, :5], input_pos=0)
-    steps = [model(idx[:, t : t + 1], input_pos=t)[0] for t in range(5, 12)]
-    model.set_kv_cache(None)
-    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+    assert_cached_logits_equal_full_forward(tiny(**MODERN, qk_norm=qk_norm))
 
 
 def test_modern_cached_and_uncached_greedy_generation_agree():
