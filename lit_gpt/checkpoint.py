@@ -10,6 +10,8 @@ import torch
 from lit_gpt.checkpoint_io import check_readable, load_error
 from lit_gpt.convert import is_sharded, load_sharded
 from lit_gpt.errors import LitGPTError
+from lit_gpt.hub import hub_repo
+from lit_gpt.init_from import LIT_META, build_model, load_pretrained
 from lit_gpt.lightning_module import CHECKPOINT_KEY
 from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig
@@ -60,3 +62,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         raise LitGPTError(f"checkpoint {str(path)!r} does not match its own model config: {e}") from None
     model.to(device).eval()
     return model, Tokenizer.from_dict(saved["tokenizer"]), ckpt
+
+
+def load_for_sampling(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """The model (in eval mode) and tokenizer to sample from: a lit-gpt checkpoint or run folder, or any pretrained
+    model ``--model.init_from`` takes (a ``lit-gpt export`` folder, a Hugging Face GPT-2 folder, a Hub name)."""
+    p = Path(path).expanduser()
+    if hub_repo(str(path)) or (p.is_dir() and ((p / LIT_META).is_file() or (p / "config.json").is_file())):
+        pre = load_pretrained(path)
+        if pre.tokenizer is None:
+            raise LitGPTError(
+                f"{pre.origin} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): it cannot turn "
+                "generated ids into text"
+            )
+        return build_model(pre, pre.config).to(device).eval(), pre.tokenizer
+    model, tokenizer, _ = load_model(path, device)
+    return model, tokenizer

@@ -21,7 +21,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
-from lit_gpt.checkpoint import load_model
+from lit_gpt.checkpoint import load_for_sampling
 from lit_gpt.convert import convert
 from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError, report
@@ -157,10 +157,12 @@ def generate(
     use_cache: bool = True,
     compile: bool = False,
 ) -> None:
-    """Sample text from a trained checkpoint and stream it to the terminal.
+    """Sample text from a trained checkpoint or a pretrained model and stream it to the terminal.
 
     Args:
-        checkpoint: A .ckpt file, or a run folder (its newest last.ckpt is used).
+        checkpoint: A .ckpt file or a run folder (its newest last.ckpt is used), a folder written by lit-gpt export,
+            a Hugging Face GPT-2 folder, or a Hub name: gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:OWNER/REPO
+            (downloaded once into the Hugging Face cache).
         prompt: Text to continue; '\\n' in it stands for a newline. Cropped to the last block_size tokens.
         max_new_tokens: Tokens to generate per sample.
         temperature: Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.
@@ -187,7 +189,7 @@ def generate(
         raise LitGPTError("; ".join(problems))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer, _ = load_model(checkpoint, device)
+    model, tokenizer = load_for_sampling(checkpoint, device)
     if compile:
         model.compile()
     prompt = prompt.replace("\\n", "\n")
@@ -233,9 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if not argv or argv[0] in ("-h", "--help"):
                 print(
-                    "other commands (each with --help): generate (sample from a checkpoint), prepare (tokenize a "
-                    "config's data), convert (sharded checkpoint -> one file), export (to Hugging Face or "
-                    "safetensors)\n",
+                    "other commands (each with --help): generate (sample from a checkpoint, or gpt2), prepare "
+                    "(tokenize a config's data), convert (sharded checkpoint -> one file), export (to Hugging Face "
+                    "or safetensors)\n",
                     file=sys.stderr,
                 )
             fit_cli(argv)

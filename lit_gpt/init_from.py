@@ -6,7 +6,8 @@ PATH may be
 - a folder written by ``lit-gpt export`` (``lit_gpt.json`` next to ``model.safetensors``), either format;
 - a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``), e.g. a download
   of gpt2 or gpt2-medium. Its Conv1D weights are transposed into ``nn.Linear`` layout, as nanoGPT's
-  ``from_pretrained`` does.
+  ``from_pretrained`` does;
+- a Hub name, ``gpt2`` ... ``gpt2-xl`` or ``hf:OWNER/REPO``, downloaded once into the Hub's cache (``lit_gpt.hub``).
 
 The weights bring their architecture and their tokenizer: the model's shape comes from PATH (``model.config`` only
 picks ``block_size`` (at most PATH's), ``dropout``, and a larger ``vocab_size`` to pad to, e.g. GPT-2's 50,257 to
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from lit_gpt.errors import LitGPTError
+from lit_gpt.hub import hub_repo, resolve
 from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.tokenizer import Tokenizer
@@ -47,12 +49,16 @@ class Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """Read any supported PATH (see the module docstring)."""
-    p = Path(path).expanduser()
+    """Read any supported PATH or Hub name (see the module docstring)."""
+    p = resolve(str(path))
     if not p.exists():
-        raise LitGPTError(f"init_from {str(path)!r} does not exist: give a .ckpt, an exported folder or a GPT-2 folder")
+        raise LitGPTError(
+            f"init_from {str(path)!r} does not exist: give a .ckpt, an exported folder, a GPT-2 folder or a Hub name "
+            "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, hf:OWNER/REPO)"
+        )
     stamp = max((f.stat().st_mtime_ns for f in ([p] if p.is_file() else p.iterdir())), default=0)
-    return _load_cached(str(p.resolve()), stamp)
+    pre = _load_cached(str(p.resolve()), stamp)
+    return replace(pre, origin=f"{path} (Hugging Face Hub)") if hub_repo(str(path)) else pre
 
 
 @functools.lru_cache(maxsize=1)  # the CLI reads the tokenizer, then the model its weights: one read

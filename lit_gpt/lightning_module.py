@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 
 from lit_gpt.errors import LitGPTError
 from lit_gpt.finetune import apply_finetune, finetune_problems
+from lit_gpt.hub import hub_repo
 from lit_gpt.init_from import build_model, load_pretrained, target_config
 from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig
@@ -66,7 +67,8 @@ class LitGPT(L.LightningModule):
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
             init_from: Start from these weights (weights only: fresh optimizer, step 0): a lit-gpt .ckpt or run
-                folder, a folder written by lit-gpt export, or a Hugging Face GPT-2 folder. The architecture and the
+                folder, a folder written by lit-gpt export, a Hugging Face GPT-2 folder, or a Hub name (gpt2,
+                gpt2-medium, gpt2-large, gpt2-xl, hf:OWNER/REPO; downloaded once). The architecture and the
                 tokenizer come from it; config sets block_size (at most its own), dropout and a larger vocab_size
                 to pad to. To resume a run, use --ckpt_path instead.
             freeze_embeddings: Do not train the token and position embeddings (nor the output layer, tied to them).
@@ -93,7 +95,7 @@ class LitGPT(L.LightningModule):
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
-        if init_from is not None and not Path(init_from).expanduser().exists():
+        if init_from is not None and hub_repo(init_from) is None and not Path(init_from).expanduser().exists():
             problems.append(f"init_from {init_from!r} does not exist")
         if problems:
             raise LitGPTError("invalid model config: " + "; ".join(problems))

@@ -54,3 +54,22 @@ def assert_cached_logits_equal_full_forward(model) -> None:
     steps = [model(idx[:, t : t + 1], input_pos=t)[0] for t in range(5, 12)]
     model.set_kv_cache(None)
     torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def tiny_gpt2(folder: Path, activation: str = "gelu", vocab: int = 101, safe: bool = True, tokenizer=None):
+    """A randomly initialised GPT-2 saved as a user's download would be (no Hub access needed)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=vocab, n_positions=32, n_embd=32, n_layer=2, n_head=4, activation_function=activation
+    )
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(folder)
+    if not safe:  # an older download: a pickled state dict (transformers 5 writes safetensors only)
+        torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    return hf

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tiny_gpt2
 
 from lit_gpt.errors import LitGPTError
 from lit_gpt.init_from import build_model, load_pretrained, target_config
@@ -19,22 +19,6 @@ from lit_gpt.optim import configure_adamw
 transformers = pytest.importorskip("transformers")
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--sample.max_new_tokens", "0"]
-
-
-def tiny_gpt2(folder: Path, activation: str = "gelu", vocab: int = 101, safe: bool = True, tokenizer=None):
-    """A randomly initialised GPT-2 saved as a user's download would be (no Hub access needed)."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=vocab, n_positions=32, n_embd=32, n_layer=2, n_head=4, activation_function=activation
-    )
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    hf.save_pretrained(folder)
-    if not safe:  # an older download: a pickled state dict (transformers 5 writes safetensors only)
-        torch.save(hf.state_dict(), folder / "pytorch_model.bin")
-        (folder / "model.safetensors").unlink()
-    if tokenizer is not None:
-        tokenizer.save(str(folder / "tokenizer.json"))
-    return hf
 
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_model.bin"])

@@ -217,6 +217,16 @@ CASES = {
         lambda t, c, g: ["generate", "--checkpoint", legacy_pickle(t)],
         "not a checkpoint at all",
     ),
+    "hub-offline": Case(
+        "a Hub model name with no network and no cached copy",
+        lambda t, c, g: ["generate", "--checkpoint", "hf:someone/gpt2-poetry"],
+        "could not download 'someone/gpt2-poetry' from the Hugging Face Hub",
+    ),
+    "hub-bad-name": Case(
+        "a malformed Hub model name",
+        lambda t, c, g: fit(str(c), "--model.init_from", "hf:my model"),
+        "is not a model on the Hugging Face Hub",
+    ),
     "other-shape": Case(
         "a checkpoint from another model shape",
         lambda t, c, g: fit(str(c), "--ckpt_path", str(g), "--model.config.n_layer", "3"),
@@ -232,7 +242,8 @@ def test_bad_input_ends_in_one_clear_line(name, tmp_path, corpus, trained):
     work.mkdir()
     args = case.make(work, corpus, trained)
     before = {p for p in tmp_path.rglob("*")}
-    r = run_cli(*args, cwd=tmp_path, env=ONE_THREAD)
+    hub = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}  # no network, nothing cached, anywhere
+    r = run_cli(*args, cwd=tmp_path, env={**ONE_THREAD, **hub})
     assert r.returncode == 2, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("lit-gpt: error:")]
