@@ -7,6 +7,8 @@ batch 12 x 1024 tokens, bf16 autocast, fused AdamW, gradient clipping at 1.0. na
 
     python scripts/bench_gpt2.py                        # both, on the GPU
     python scripts/bench_gpt2.py --compile on --steps 50 --batch 16
+    python scripts/bench_gpt2.py --compile on --batch 32,64 --attention flash,cudnn   # a grid, one row each
+    python scripts/bench_gpt2.py --compile on --batch 32 --accumulate 2 --compile-mode max-autotune-no-cudagraphs
     python scripts/bench_gpt2.py --tiny                 # a tiny model on the CPU: checks the script works
     python scripts/bench_gpt2.py --write                # also write the figures into docs/benchmarks.md
 """
@@ -14,7 +16,9 @@ batch 12 x 1024 tokens, bf16 autocast, fused AdamW, gradient clipping at 1.0. na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import itertools
 import os
 import platform
 import statistics
@@ -53,13 +57,17 @@ class RandomTokens(IterableDataset):
 
 
 class StepTimer(L.Callback):
-    """Wall time of every optimizer step, the GPU synchronized so the time is the step's."""
+    """Wall time of every optimizer step (``accumulate`` micro-batches), the GPU synchronized so the time is the
+    step's."""
 
-    def __init__(self) -> None:
+    def __init__(self, accumulate: int = 1) -> None:
+        self.accumulate = accumulate
         self.times: list[float] = []
         self._last: float | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.accumulate:
+            return  # mid-step: the optimizer has not run yet
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         now = time.perf_counter()
@@ -68,20 +76,40 @@ class StepTimer(L.Callback):
         self._last = now
 
 
-def measure(config: GPTConfig, batch: int, steps: int, warmup: int, compile: bool, precision: str, accelerator: str):
+ATTENTION = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """Restrict SDPA to one kernel (``auto``: PyTorch's own choice)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
+    return sdpa_kernel(getattr(SDPBackend, backend.get(name, "MATH")))
+
+
+def measure(
+    config: GPTConfig, batch: int, accumulate: int, steps: int, warmup: int, compile: str | None, attention: str,
+    precision: str, accelerator: str,
+):  # fmt: skip
+    """``compile``: None for eager, else a torch.compile mode ("default", "max-autotune-no-cudagraphs", ...)."""
     torch.manual_seed(1337)
-    model = LitGPT(config, learning_rate=6e-4, min_lr=6e-5, warmup_steps=10, beta2=0.95, compile=compile)
-    timer = StepTimer()
+    model = LitGPT(config, learning_rate=6e-4, min_lr=6e-5, warmup_steps=10, beta2=0.95, compile=compile == "default")
+    if compile not in (None, "default"):
+        model.model.compile(mode=compile)  # in place, as LitGPT's own compile (which takes the default mode)
+    timer = StepTimer(accumulate)
     trainer = L.Trainer(
         accelerator=accelerator, devices=1, precision=precision, max_steps=warmup + steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-        callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0, accumulate_grad_batches=accumulate,
     )  # fmt: skip
     loader = DataLoader(RandomTokens(batch, config.block_size, config.vocab_size), batch_size=None, pin_memory=True)
-    trainer.fit(model, loader)
+    with attention_backend(attention):
+        trainer.fit(model, loader)
     times = timer.times[warmup - 1 :]  # the first steps include compilation and allocator warm-up
     ms = statistics.median(times) * 1e3
-    tokens = batch * config.block_size
+    tokens = batch * accumulate * config.block_size
     flops = model.model.flops_per_token(config.block_size) * tokens / (ms / 1e3)
     device = trainer.strategy.root_device
     dtype = torch.bfloat16 if "bf16" in precision else torch.float32
@@ -95,13 +123,24 @@ def measure(config: GPTConfig, batch: int, steps: int, warmup: int, compile: boo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps, after the warm-up")
+    parser.add_argument(
+        "--compile-mode", default="default", help="torch.compile mode: default, max-autotune-no-cudagraphs, ..."
+    )
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps, after the warm-up")
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (compilation happens here)")
-    parser.add_argument("--batch", type=int, default=12, help="sequences of 1024 tokens per step (nanoGPT: 12)")
+    parser.add_argument(
+        "--batch", default="12", help="sequences of 1024 tokens per micro-batch (nanoGPT: 12); a list, e.g. 32,64"
+    )
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--attention", default="auto", help=f"SDPA kernel(s), a list of {', '.join(ATTENTION)}")
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, to check the script")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batch.split(",")]
+    attentions = args.attention.split(",")
+    if bad := [a for a in attentions if a not in ATTENTION]:
+        parser.error(f"--attention {','.join(bad)}: choose from {', '.join(ATTENTION)}")
     os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # as lit-gpt's CLI does
@@ -110,20 +149,25 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if accelerator == "gpu" else platform.processor() or "CPU"
     lines = [
         f"- {'tiny test model' if args.tiny else 'GPT-2 124M'} ({config.n_layer}L/{config.n_head}H/{config.n_embd}, "
-        f"block {config.block_size}, vocab {config.vocab_size}), batch {args.batch} x {config.block_size} tokens, "
-        f"{args.precision}, AdamW (fused on CUDA), clip 1.0, synthetic tokens; median of {args.steps} steps after "
-        f"{args.warmup} warm-up steps; {device_name}",
+        f"block {config.block_size}, vocab {config.vocab_size}), {args.precision}, AdamW (fused on CUDA), clip 1.0, "
+        f"synthetic tokens; median of {args.steps} optimizer steps after {args.warmup} warm-up steps; {device_name}",
         "",
-        "| torch.compile | ms/step | tokens/s | model TFLOP/s | MFU | peak memory |",
-        "|---|---|---|---|---|---|",
+        "| micro-batch x block x accumulation | torch.compile | attention | ms/step | tokens/s | model TFLOP/s | MFU "
+        "| peak memory |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for compile in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+    compiles = {"off": [None], "on": [args.compile_mode], "both": [None, args.compile_mode]}[args.compile]
+    for batch, compile, attention in itertools.product(batches, compiles, attentions):
         ms, tps, flops, peak, memory = measure(
-            config, args.batch, args.steps, args.warmup, compile, args.precision, accelerator
+            config, batch, args.accumulate, args.steps, args.warmup, compile, attention, args.precision, accelerator
         )
         mfu = f"**{flops / peak:.1%}**" if peak else "n/a"
         mem = f"{memory:.1f} GiB" if memory is not None else "n/a"
-        lines.append(f"| {'on' if compile else 'off'} | {ms:.1f} | {tps:,.0f} | {flops / 1e12:.1f} | {mfu} | {mem} |")
+        shape = f"{batch} x {config.block_size} x {args.accumulate}"
+        lines.append(
+            f"| {shape} | {compile or 'off'} | {attention} | {ms:.1f} | {tps:,.0f} | {flops / 1e12:.1f} | {mfu} "
+            f"| {mem} |"
+        )
         print(lines[-1], flush=True)
     lines += [
         "",

@@ -38,3 +38,16 @@ def test_a_benchmark_replaces_its_own_section_and_keeps_the_others(tmp_path, mon
     assert text.startswith("# Benchmarks")
     assert "- three" in text and "- one" not in text and "- two" in text
     assert text.index("## a") < text.index("## b")  # replaced in place, not appended
+
+
+def test_bench_gpt2_times_optimizer_steps_for_each_grid_point(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_gpt2.py"), "--tiny", "--steps", "3", "--warmup", "2"]
+    cmd += ["--batch", "2,4", "--accumulate", "2", "--compile", "off", "--attention", "auto,math"]
+    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1"}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = re.findall(r"^\| (\d+) x 64 x 2 \| off \| (\w+) \| ([\d.]+) \| ([\d,]+) \|", r.stdout, re.M)
+    rows = {(int(b), attn): (float(ms), int(tps.replace(",", ""))) for b, attn, ms, tps in rows}
+    assert set(rows) == {(2, "auto"), (2, "math"), (4, "auto"), (4, "math")}, r.stdout
+    for (batch, _), (ms, tps) in rows.items():  # tokens/s is an optimizer step's 2 micro-batches over its time
+        assert abs(tps - batch * 64 * 2 / (ms / 1e3)) / tps < 0.02
