@@ -52,6 +52,24 @@ def test_weights_are_tied_and_initialised_like_gpt2():
     assert abs(proj - 0.02 / math.sqrt(16)) < 0.001
 
 
+@pytest.mark.parametrize("n_embd", [128, 768])
+def test_neox_init_scales_with_the_width_and_meets_gpt2s_near_768(n_embd):
+    config = GPTConfig(vocab_size=100, block_size=16, n_layer=4, n_head=4, n_embd=n_embd, init="neox")
+    model = GPT(config)
+    std = math.sqrt(2 / (5 * n_embd))  # 0.056 at 128 wide, 0.023 at 768
+    for weight in (
+        model.transformer.wte.weight,
+        model.transformer.wpe.weight,
+        model.transformer.h[0].attn.c_attn.weight,
+    ):
+        assert abs(weight.std().item() - std) < 0.05 * std
+    for proj in (model.transformer.h[0].attn.c_proj.weight, model.transformer.h[3].mlp.c_proj.weight):
+        assert abs(proj.std().item() - 2 / (4 * math.sqrt(n_embd))) < 0.05 * std
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    if n_embd == 768:
+        assert abs(std - 0.02) < 0.004  # GPT-2's fixed 0.02 is about right at GPT-2's width, not at 128
+
+
 def test_causal_later_tokens_do_not_change_earlier_logits():
     model = tiny()
     idx = torch.randint(0, 50, (1, 16))
