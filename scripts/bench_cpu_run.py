@@ -39,10 +39,20 @@ def run(source: str, seed: int, workdir: str, extra: list[str]) -> dict[str, flo
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "LIGHTNING_DISABLE_TIPS": "1"})
     wall = time.perf_counter() - t0
-    acc = EventAccumulator(str(Path(workdir) / f"seed{seed}" / "version_0"), size_guidance={"scalars": 0})
+    scalars = tensorboard_scalars(Path(workdir) / f"seed{seed}" / "version_0")
+    return {
+        "val": scalars["val/loss"][-1][1],
+        "val_curve": scalars["val/loss"],
+        "wall": wall,
+        "tokens_per_sec": statistics.median(v for _, v in scalars["train/tokens_per_sec"]),
+    }
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series a run logged to TensorBoard, as (step, value) in step order."""
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     acc.Reload()
-    tokens_per_sec = statistics.median(e.value for e in acc.Scalars("train/tokens_per_sec"))
-    return {"val": acc.Scalars("val/loss")[-1].value, "wall": wall, "tokens_per_sec": tokens_per_sec}
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def main() -> None:

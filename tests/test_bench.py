@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -51,3 +52,20 @@ def test_bench_gpt2_times_optimizer_steps_for_each_grid_point(tmp_path):
     assert set(rows) == {(2, "auto"), (2, "math"), (4, "auto"), (4, "math")}, r.stdout
     for (batch, _), (ms, tps) in rows.items():  # tokens/s is an optimizer step's 2 micro-batches over its time
         assert abs(tps - batch * 64 * 2 / (ms / 1e3)) / tps < 0.02
+
+
+def test_bench_litgpt_trains_both_projects_on_the_same_batches(tmp_path, corpus):
+    pytest.importorskip("litgpt", reason="pip install --no-deps litgpt==0.5.13 psutil (as .ci/run does)")
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_litgpt.py"), "--source", str(corpus), "--steps", "60"]
+    cmd += ["--eval-every", "20", "--rounds", "1", "--quick", "--gen-rounds", "1"]
+    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1"}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = re.findall(r"^\| (litgpt|lit-gpt) .*?\| ([\d.]+) s \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \|$", r.stdout, re.M)
+    assert len(rows) == 4, r.stdout
+    litgpt, compiled, eager, gpt2_init = [[float(v.replace(",", "")) for v in row[1:]] for row in rows]
+    for wall, tokens_per_sec, val, full_val in (litgpt, compiled, eager, gpt2_init):
+        assert wall > 0 and tokens_per_sec > 0
+        assert val < 3.9 and abs(full_val - val) < 0.15  # both learned; 20 batches estimate the whole split
+    assert abs(compiled[2] - eager[2]) < 1e-3  # compiling changes the speed, not the loss curve
+    assert re.search(r"^\| shakespeare_char .*\| 255 \| [\d,]+ \| [\d,]+ \| \*\*[\d.]+x\*\* \|$", r.stdout, re.M)
