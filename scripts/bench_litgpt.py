@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_cpu_run import tensorboard_scalars  # noqa: E402
+from bench_generate import time_generation  # noqa: E402
 from benchmarks_doc import write_section  # noqa: E402
 
 from lit_gpt.data import FixedWindows, RandomWindows, Share  # noqa: E402
-from lit_gpt.generate import generate_tokens  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 from lit_gpt.prepare import prepare  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
@@ -258,12 +258,12 @@ def time_tokens(tokens) -> float:
 
 def generate_ours(model: GPT, new: int) -> float:
     """New tokens/s for one sample from a one-token prompt, with lit-gpt's KV-cached decoding."""
-    prompt, g = torch.zeros((1, 1), dtype=torch.long), torch.Generator().manual_seed(0)
-    return time_tokens(generate_tokens(model, prompt, new, temperature=1.0, top_k=200, generator=g))
+    return time_generation(model, new, use_cache=True, device="cpu")["tokens_per_sec"]
 
 
 def generate_theirs(model, new: int) -> float:
-    """The same with litgpt's (``generate_fn``: its KV cache, sampling and per-token loop)."""
+    """The same with litgpt's (``generate_fn``: its KV cache, sampling and per-token loop), timed as
+    bench_generate's ``time_generation`` times lit-gpt's: temperature 1, top-k 200."""
     from litgpt.generate.base import generate_fn
 
     model.set_kv_cache(batch_size=1)
