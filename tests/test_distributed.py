@@ -245,8 +245,11 @@ def test_activation_checkpointing_keeps_parameter_names_and_gradients():
 def test_the_gpt2_cluster_config_resolves(tmp_path):
     r = run_cli("fit", "--config", str(ROOT / "configs" / "gpt2_124m.yaml"), "--print_config", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    for line in ("precision: bf16-mixed", "tokens: 491520", "block_size: 1024", "n_embd: 768"):
+    for line in ("precision: bf16-mixed", "tokens: 524288", "block_size: 1024", "n_embd: 768", "batch_size: 16"):
         assert line in r.stdout
+    # The README launches it on 1 GPU, 1 node of 8, torchrun's 2 nodes of 8 and sbatch's 4 nodes of 8: each must
+    # divide the global batch into whole micro-batches.
+    assert [accumulation_steps(524_288, 16, 1024, gpus) for gpus in (1, 2, 4, 8, 16, 32)] == [32, 16, 8, 4, 2, 1]
 
 
 FAKE_SRUN = """#!/bin/bash
