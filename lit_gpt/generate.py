@@ -46,8 +46,12 @@ def generate_tokens(
     top_p: float | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    vocab_size: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` new token ids (B,), one step at a time, continuing the prompts ``idx`` (B, T).
+
+    ``vocab_size`` is the tokenizer's: a model whose vocabulary is padded beyond it (GPT-2's 50257 to 50304, for
+    faster matmuls) never samples a padding id, which no tokenizer could decode.
 
     Prompts longer than ``block_size`` are cropped to their last ``block_size`` tokens. With the KV cache, once the
     context fills ``block_size``, the cache is rebuilt from the last 3/4 of the window (a sliding window that moves
@@ -63,7 +67,7 @@ def generate_tokens(
         logits, _ = model(seq, input_pos=0 if use_cache else None)
         cached = seq.size(1)
         for i in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            nxt = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p, generator)  # (B,)
             yield nxt
             if i == max_new_tokens - 1:
                 break
@@ -96,9 +100,10 @@ def generate_text(
     device = next(model.parameters()).device
     ids = tokenizer.encode(prompt)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    new = [
-        int(t[0]) for t in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
-    ]
+    tokens = generate_tokens(
+        model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, tokenizer.vocab_size
+    )
+    new = [int(t[0]) for t in tokens]
     return tokenizer.decode(ids + new)
 
 
@@ -136,7 +141,7 @@ def stream(
     t0 = time.perf_counter()
     first = None
     n = 0
-    for tok in generate_tokens(model, idx, max_new_tokens, **kwargs):
+    for tok in generate_tokens(model, idx, max_new_tokens, vocab_size=tokenizer.vocab_size, **kwargs):
         if first is None:
             first = time.perf_counter() - t0
         n += 1

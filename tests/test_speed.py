@@ -1,14 +1,15 @@
 """The speed features: KV-cached batched decoding, sampling filters, streaming, compile, profiling."""
 
+import io
 import json
 
 import torch
 from conftest import ROOT, TINY, run_cli
 
-from lit_gpt.generate import StreamDecoder, generate_tokens, sample_next
+from lit_gpt.generate import StreamDecoder, generate_text, generate_tokens, sample_next, stream
 from lit_gpt.lightning_module import LitGPT
 from lit_gpt.model import GPT, GPTConfig
-from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer import CharTokenizer, Tokenizer
 
 
 def test_batched_cached_generation_equals_uncached():
@@ -31,6 +32,20 @@ def test_top_k_and_top_p_only_sample_the_allowed_tokens():
     assert set(sample_next(logits, temperature=0).tolist()) == {0}
     # top_p=1 and no top_k: every token can come up
     assert set(sample_next(logits, generator=g).tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_a_vocabulary_padded_beyond_the_tokenizer_never_samples_a_padding_id():
+    # GPT-2's 50257 tokens padded to 50304 for faster matmuls; here 10 characters padded to 64, with the padding
+    # ids made the most likely: no sample may pick one, since no tokenizer can decode it.
+    tokenizer = CharTokenizer(list("abcdefghij"))
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=1, n_embd=16)).eval()
+    with torch.no_grad():
+        model.lm_head.weight[10:] *= 50
+    text = generate_text(model, tokenizer, "abc", 60, temperature=2.0, top_k=None)
+    assert len(text) == 63 and set(text) <= set("abcdefghij")
+    out = io.StringIO()
+    stream(model, tokenizer, "abc", 60, out=out, temperature=2.0)
+    assert len(out.getvalue()) == 64 and set(out.getvalue()) <= set("abcdefghij\n")
 
 
 class ByteTokenizer(Tokenizer):
