@@ -75,14 +75,33 @@ class TokenThroughput(ThroughputMonitor):
             tokens_per_sec = per_device * trainer.world_size
             pl_module.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True, rank_zero_only=True)
 
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        # Counted and timed one by one, but logged once per validation (below): Lightning logs every validation
+        # batch at a count of validation batches, an x-axis that matches no training step in TensorBoard.
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self._update(trainer, pl_module, batch, 0)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stage = trainer.state.stage
+        if not trainer.sanity_checking and trainer.is_global_zero and self._batches.get(stage):
+            throughput = self._throughputs[stage]
+            named = {f"{stage.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(named, step=trainer.global_step)
+        super().on_validation_end(trainer, pl_module)
+
     @torch.inference_mode()
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, iter_num: int) -> None:
-        # Validation batches (Lightning's on_validation_batch_end): counted and timed one by one.
         stage = trainer.state.stage
         self._samples[stage] += self.batch_size_fn(batch)
         self._lengths[stage] += self.length_fn(batch)
         self._batches[stage] += 1
-        flops = getattr(pl_module, "flops_per_batch", None) or 0
+        # A validation batch is a forward pass only: a third of the training FLOPs per token (2N of 6N).
+        model, tokens = getattr(pl_module, "model", None), batch[0]
+        flops = model.flops_per_token(tokens.size(1)) * tokens.numel() // 3 if hasattr(model, "flops_per_token") else 0
         self._pending_flops[stage] = self._pending_flops.get(stage, 0) + flops
         self._read_clock(trainer, stage)
 

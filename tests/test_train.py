@@ -127,3 +127,8 @@ def test_mfu_counts_the_training_flops_when_validation_falls_between_logging_ste
     assert len(flops) >= 5
     for step, value in flops.items():
         assert value / tokens[step] == pytest.approx(model.flops_per_token(), rel=1e-3), step
+    # Validation is forward only, a third of the training FLOPs, logged once per validation at its training step.
+    val_flops, val_tokens = dict(s["validate/device/flops_per_sec"]), dict(s["validate/device/items_per_sec"])
+    assert sorted(val_flops) == [6, 12, 18, 24, 30]
+    for step, value in val_flops.items():
+        assert value / val_tokens[step] == pytest.approx(model.flops_per_token() / 3, rel=1e-3), step
