@@ -3,8 +3,8 @@
     python scripts/lecture.py [--data.source PATH] [--steps 1_bigram,2_one_head,...] [--max_steps N] [--out FILE]
 
 Each step is ``lit-gpt fit --config configs/lecture/<step>.yaml`` run in this process, through the same CLI and
-config path a user runs. The data defaults to tiny Shakespeare (``../shared/data/tinyshakespeare.txt`` when present,
-the corpus the lecture used), else the built-in ``shakespeare``. The full model (step 7) needs a GPU: on a CPU it is
+config path a user runs. The data defaults to tiny Shakespeare, the corpus the lecture used: the copy in
+``../shared/data/`` when there is one, else ``tinyshakespeare`` (downloaded once and checked). The full model (step 7) needs a GPU: on a CPU it is
 listed, not run, unless named in ``--steps``.
 """
 
@@ -34,7 +34,7 @@ LECTURE = ROOT / "configs" / "lecture"
 
 # (step, what it adds, the val loss the lecture reports). The lecture quotes its losses at these steps.
 STEPS = [
-    ("1_bigram", "bigram: logits from a 65 x 65 token table", "2.49"),
+    ("1_bigram", "bigram: logits from a {V} x {V} token table", "2.49"),
     ("2_one_head", "+ one self-attention head (size 32), position embeddings", "2.4"),
     ("3_multi_head", "multi-head attention: 4 heads of 8", "2.28"),
     ("4_feed_forward", "+ feed-forward (Linear + ReLU)", "2.24"),
@@ -134,10 +134,10 @@ def write_doc(out: Path, rows: dict[str, dict], source: str, vocab: int | None) 
         row = rows.get(name)
         if row is None:
             note = CLOSEST_GPU_FIGURE if name in GPU_ONLY else "not run"
-            lines.append(f"| {i} | {cfg} | {what} | {lecture} | {note} | — | — |")
+            lines.append(f"| {i} | {cfg} | {what.format(V=vocab or 'V')} | {lecture} | {note} | — | — |")
             continue
         lines.append(
-            f"| {i} | {cfg} | {what} | {lecture} | {row['val']:.4f} | {row['wall']:.0f} s ({row['steps']} steps) "
+            f"| {i} | {cfg} | {what.format(V=vocab or 'V')} | {lecture} | {row['val']:.4f} | {row['wall']:.0f} s ({row['steps']} steps) "
             f"| {row['params']:,} |"
         )
     lines += [
@@ -163,7 +163,7 @@ def write_doc(out: Path, rows: dict[str, dict], source: str, vocab: int | None) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_source = str(TINYSHAKESPEARE) if TINYSHAKESPEARE.exists() else "shakespeare"
+    default_source = str(TINYSHAKESPEARE) if TINYSHAKESPEARE.exists() else "tinyshakespeare"
     parser.add_argument("--data.source", dest="source", default=default_source, help="corpus (default: %(default)s)")
     parser.add_argument("--steps", default=None, help="comma-separated step names (default: every CPU-affordable one)")
     parser.add_argument("--max_steps", type=int, default=None, help="train each step this many steps (a quick look)")
