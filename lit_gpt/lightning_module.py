@@ -95,6 +95,12 @@ class LitGPT(L.LightningModule):
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
+        if init_from is None and (lora_rank > 0 or freeze_layers > 0 or freeze_embeddings):
+            # Frozen random weights, or adapters on them, train nothing worth having.
+            problems.append(
+                "lora_rank, freeze_layers and freeze_embeddings finetune pretrained weights: give them with "
+                "--model.init_from (a .ckpt or run folder, an exported folder, or gpt2)"
+            )
         if init_from is not None and hub_repo(init_from) is None and not Path(init_from).expanduser().exists():
             problems.append(f"init_from {init_from!r} does not exist")
         if problems:
