@@ -4,8 +4,8 @@
 
 Each step is ``lit-gpt fit --config configs/lecture/<step>.yaml`` run in this process, through the same CLI and
 config path a user runs. The data defaults to tiny Shakespeare, the corpus the lecture used: the copy in
-``../shared/data/`` when there is one, else ``tinyshakespeare`` (downloaded once and checked). The full model (step 7) needs a GPU: on a CPU it is
-listed, not run, unless named in ``--steps``.
+``../shared/data/`` when there is one, else ``tinyshakespeare`` (downloaded once and checked). The full model
+(step 7) needs a GPU: on a CPU it is listed, not run, unless named in ``--steps``.
 """
 
 from __future__ import annotations
@@ -131,13 +131,13 @@ def write_doc(out: Path, rows: dict[str, dict], source: str, vocab: int | None) 
     lines.append(f"| 0 | — | untrained: a uniform guess{ln_v} | 4.17 | {init_here} | — | — |")
     for i, (name, what, lecture) in enumerate(STEPS, start=1):
         cfg = f"[`{name}`](../configs/lecture/{name}.yaml)"
-        row = rows.get(name)
+        row, what = rows.get(name), what.format(V=vocab or "V")
         if row is None:
             note = CLOSEST_GPU_FIGURE if name in GPU_ONLY else "not run"
-            lines.append(f"| {i} | {cfg} | {what.format(V=vocab or 'V')} | {lecture} | {note} | — | — |")
+            lines.append(f"| {i} | {cfg} | {what} | {lecture} | {note} | — | — |")
             continue
         lines.append(
-            f"| {i} | {cfg} | {what.format(V=vocab or 'V')} | {lecture} | {row['val']:.4f} | {row['wall']:.0f} s ({row['steps']} steps) "
+            f"| {i} | {cfg} | {what} | {lecture} | {row['val']:.4f} | {row['wall']:.0f} s ({row['steps']} steps) "
             f"| {row['params']:,} |"
         )
     lines += [
