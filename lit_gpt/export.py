@@ -2,7 +2,9 @@
 
 - ``--format hf``: ``config.json`` + ``model.safetensors`` in Hugging Face GPT-2's layout (Conv1D weights
   transposed), which ``transformers.GPT2LMHeadModel.from_pretrained(DIR)`` loads with the same logits; plus the
-  tokenizer's ``tokenizer.json`` when it is a BPE one. Only GPT-2's block exports this way.
+  tokenizer's ``tokenizer.json`` when it is a BPE one. Only GPT-2's block exports this way; an untied output layer
+  (``tie_weights: false``) is written as ``lm_head.weight`` with ``tie_word_embeddings: false``, and an MLP width
+  other than 4 x n_embd as ``n_inner``, both of which transformers honours.
 - ``--format safetensors``: lit-gpt's own parameter names, any architecture.
 
 Both write ``lit_gpt.json`` (the model config and the tokenizer), so ``--model.init_from DIR`` and ``generate`` get
@@ -21,8 +23,8 @@ from pathlib import Path
 import torch
 
 from lit_gpt.errors import LitGPTError
-from lit_gpt.init_from import CONV1D, LIT_META, load_pretrained
-from lit_gpt.model import GPTConfig, mlp_hidden_size
+from lit_gpt.init_from import CONV1D, LIT_META, check_weights, load_pretrained
+from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
 
 FORMATS = ("hf", "safetensors")
 
@@ -39,23 +41,23 @@ def hf_problems(config: GPTConfig) -> list[str]:
         problems.append(f"mlp is {config.mlp!r} (GPT-2: 'gelu')")
     if config.qk_norm:
         problems.append("qk_norm is on")
-    if not config.bigram and config.mlp != "none" and mlp_hidden_size(config) != 4 * config.n_embd:
-        problems.append(f"mlp_hidden is {mlp_hidden_size(config)} (GPT-2: 4 x n_embd)")
     return problems
 
 
 def to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """lit-gpt names and ``nn.Linear`` layout -> GPT2LMHeadModel's (output layer left to weight tying)."""
+    """lit-gpt names and ``nn.Linear`` layout -> GPT2LMHeadModel's. A tied output layer is left to transformers'
+    weight tying; an untied one is written (``hf_config`` says it is untied)."""
     out = {}
     for key, value in state.items():
-        if key == "lm_head.weight":
+        if key == "lm_head.weight" and config.tie_weights:
             continue
         out[key] = value.t().contiguous() if key.endswith(CONV1D) else value.contiguous()
     if not config.bias:  # GPT-2 always has biases: zeros give the same function
+        hidden = mlp_hidden_size(config)
         for i in range(config.n_layer):
             p = f"transformer.h.{i}."
             widths = {"ln_1": config.n_embd, "ln_2": config.n_embd, "attn.c_attn": 3 * config.n_embd}
-            widths |= {"attn.c_proj": config.n_embd, "mlp.c_fc": 4 * config.n_embd, "mlp.c_proj": config.n_embd}
+            widths |= {"attn.c_proj": config.n_embd, "mlp.c_fc": hidden, "mlp.c_proj": config.n_embd}
             for name, width in widths.items():
                 out[p + name + ".bias"] = torch.zeros(width, dtype=state["transformer.wte.weight"].dtype)
         out["transformer.ln_f.bias"] = torch.zeros(config.n_embd, dtype=state["transformer.wte.weight"].dtype)
@@ -72,7 +74,8 @@ def hf_config(config: GPTConfig, eot_id: int | None) -> dict:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": None,
+        # GPT-2's empty n_inner is 4 x n_embd.
+        "n_inner": None if mlp_hidden_size(config) == 4 * config.n_embd else mlp_hidden_size(config),
         # lit-gpt's GELU is the exact one (GPT-2's own is the tanh approximation, "gelu_new").
         "activation_function": "relu" if config.mlp == "relu" else "gelu",
         "resid_pdrop": config.dropout,
@@ -80,7 +83,7 @@ def hf_config(config: GPTConfig, eot_id: int | None) -> dict:
         "attn_pdrop": config.dropout,
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_weights,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
         "torch_dtype": "float32",
@@ -104,9 +107,14 @@ def export(*, checkpoint: str, out: str, format: str = "hf") -> None:
     target = Path(out).expanduser()
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / LIT_META).is_file()):
         raise LitGPTError(f"--out {out!r} exists and is not an earlier export: give a new folder")
-    pre = load_pretrained(checkpoint)
+    pre = load_pretrained(checkpoint, flag="--checkpoint")
     config, tokenizer = pre.config, pre.tokenizer
     state = {**pre.state}
+    with torch.device("meta"):  # the names and shapes only: no memory for a second copy of the weights
+        expected = GPT(config).state_dict()
+    if config.tie_weights and "lm_head.weight" in expected:
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}  # the weights hold it once, as wte
+    check_weights(pre, state, expected)  # an incomplete folder is refused here, not written out again
     if format == "hf":
         problems = hf_problems(config)
         if problems:

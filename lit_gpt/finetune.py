@@ -42,9 +42,12 @@ def apply_finetune(
         apply_lora(model, lora_rank, lora_alpha, lora_dropout)
         return
     if freeze_embeddings:
-        # wte is tied to the output layer, so this freezes the output layer too.
+        # The token and position embeddings and the output layer: tied (GPT-2) it is wte itself, untied
+        # (tie_weights false) a matrix of its own that would otherwise go on training.
         for name in ("wte", "wpe"):
             if name in model.transformer:
                 model.transformer[name].requires_grad_(False)
+        if getattr(model, "lm_head", None) is not None:
+            model.lm_head.requires_grad_(False)
     for block in blocks[:freeze_layers]:
         block.requires_grad_(False)

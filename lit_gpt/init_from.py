@@ -11,9 +11,11 @@ PATH may be
 
 The weights bring their architecture and their tokenizer: the model's shape comes from PATH (``model.config`` only
 picks ``block_size`` (at most PATH's), ``dropout``, and a larger ``vocab_size`` to pad to, e.g. GPT-2's 50,257 to
-50,304; padded rows start as the mean embedding, as transformers' ``resize_token_embeddings`` does, so they take
-little probability), and the data is tokenized with PATH's tokenizer (see ``data_tokenizer``). Nothing is ever
-unpickled beyond tensors: ``torch.load(weights_only=True)`` or safetensors.
+50,304; padded rows start as the mean embedding (and the mean output row, for an untied output layer), as
+transformers' ``resize_token_embeddings`` does, so they take little probability; any other ``model.config`` key set
+to something else is an error, see ``architecture_conflicts``), and the data is tokenized with PATH's tokenizer (see
+``data_tokenizer``). Nothing is ever unpickled beyond tensors: ``torch.load(weights_only=True)`` or safetensors.
+A damaged or incomplete file ends in one ``LitGPTError`` naming it and how to get a good copy.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +32,23 @@ import torch
 from lit_gpt.errors import LitGPTError
 from lit_gpt.hub import hub_repo, resolve
 from lit_gpt.lora import merge_lora_state
-from lit_gpt.model import GPT, GPTConfig
+from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
 from lit_gpt.tokenizer import Tokenizer
 
 LIT_META = "lit_gpt.json"  # written by lit-gpt export next to model.safetensors: format, model config, tokenizer
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # HF's (in, out)
+FROM_CONFIG = ("vocab_size", "block_size", "dropout")  # what model.config still picks with init_from
+# What --model.init_from (and export's or generate's --checkpoint) takes, for the "does not exist" messages.
+WHAT_LOADS = (
+    "a .ckpt or run folder, an exported folder, a GPT-2 folder or a Hub name (gpt2, gpt2-medium, gpt2-large, "
+    "gpt2-xl, hf:OWNER/REPO)"
+)
 
 
 @dataclass
 class Pretrained:
-    """Weights in lit-gpt's names (output layer left out: it is tied to ``transformer.wte``), their config and
-    tokenizer."""
+    """Weights in lit-gpt's names, their config and tokenizer. A tied output layer (``config.tie_weights``) is left
+    out (it is ``transformer.wte``); an untied one is kept as ``lm_head.weight``."""
 
     state: dict[str, torch.Tensor]
     config: GPTConfig
@@ -48,14 +56,12 @@ class Pretrained:
     origin: str
 
 
-def load_pretrained(path: str | Path) -> Pretrained:
-    """Read any supported PATH or Hub name (see the module docstring)."""
+def load_pretrained(path: str | Path, flag: str = "--model.init_from") -> Pretrained:
+    """Read any supported PATH or Hub name (see the module docstring); ``flag`` is the option that gave it, for the
+    error messages."""
     p = resolve(str(path))
     if not p.exists():
-        raise LitGPTError(
-            f"init_from {str(path)!r} does not exist: give a .ckpt, an exported folder, a GPT-2 folder or a Hub name "
-            "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, hf:OWNER/REPO)"
-        )
+        raise LitGPTError(f"{flag} {str(path)!r} does not exist: give {WHAT_LOADS}")
     stamp = max((f.stat().st_mtime_ns for f in ([p] if p.is_file() else p.iterdir())), default=0)
     pre = _load_cached(str(p.resolve()), stamp)
     return replace(pre, origin=f"{path} (Hugging Face Hub)") if hub_repo(str(path)) else pre
@@ -83,24 +89,73 @@ def _read_checkpoint(path: Path) -> Pretrained:
         )
     state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()}
     state = merge_lora_state({k: v for k, v in state.items() if not k.startswith("val_loss")})
-    tokenizer = Tokenizer.from_dict(saved["tokenizer"]) if saved.get("tokenizer") else None
-    return Pretrained(_untied(state), GPTConfig(**saved["model_config"]), tokenizer, f"lit-gpt checkpoint {path}")
+    fix = "train or convert it again"
+    config = _config(saved.get("model_config"), f"checkpoint {path}", fix)
+    tokenizer = _tokenizer(saved.get("tokenizer"), f"checkpoint {path}", fix)
+    return Pretrained(_output_layer(state, config), config, tokenizer, f"lit-gpt checkpoint {path}")
 
 
 def _read_export(folder: Path) -> Pretrained:
-    meta = json.loads((folder / LIT_META).read_text(encoding="utf-8"))
+    fix = _fix(folder)
+    meta = _read_json(folder / LIT_META, fix)
+    config = _config(meta.get("model_config"), str(folder / LIT_META), fix)
     state = _read_weights(folder)
-    config = GPTConfig(**meta["model_config"])
     if meta.get("format") == "hf":
         state = _from_hf(state)
         if not config.bias:  # the export wrote zero biases for transformers
             state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    tokenizer = Tokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
-    return Pretrained(_untied(state), config, tokenizer, f"lit-gpt export {folder}")
+    tokenizer = _tokenizer(meta.get("tokenizer"), str(folder / LIT_META), fix)
+    return Pretrained(_output_layer(state, config), config, tokenizer, f"lit-gpt export {folder}")
+
+
+def _fix(folder: Path) -> str:
+    """How to get a good copy of ``folder`` again, for the error messages."""
+    if (folder / LIT_META).is_file():
+        return "export the checkpoint again with lit-gpt export"
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):  # the Hub's cache
+        return f"delete {folder.parent.parent} and run again to download the model afresh"
+    return "download the complete folder again (e.g. with huggingface-cli download, or save_pretrained)"
+
+
+def _read_json(file: Path, fix: str) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 (a half-written or overwritten file)
+        raise LitGPTError(f"{file} is damaged ({_first_line(e)}): {fix}") from None
+    if not isinstance(data, dict):
+        raise LitGPTError(f"{file} is damaged (it holds a JSON {type(data).__name__}, not an object): {fix}")
+    return data
+
+
+def _config(fields_: Any, where: str, fix: str) -> GPTConfig:
+    if not isinstance(fields_, dict):
+        raise LitGPTError(f"{where} has no model config: {fix}")
+    try:
+        return GPTConfig(**fields_)
+    except (TypeError, ValueError) as e:  # an unknown key (a newer lit-gpt?) or a bad value
+        raise LitGPTError(f"{where} holds a model config lit-gpt cannot build ({_first_line(e)}): {fix}") from None
+
+
+def _tokenizer(saved: Any, where: str, fix: str) -> Tokenizer | None:
+    if not saved:
+        return None
+    try:
+        return Tokenizer.from_dict(saved)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LitGPTError(f"{where} holds a tokenizer lit-gpt cannot read ({_first_line(e)}): {fix}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _read_hf(folder: Path) -> Pretrained:
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    fix = _fix(folder)
+    cfg = _read_json(folder / "config.json", fix)
+    missing = [k for k in ("vocab_size", "n_layer", "n_head", "n_embd") if k not in cfg]
+    if missing and cfg.get("model_type", "gpt2") == "gpt2":
+        raise LitGPTError(f"{folder}/config.json has no {', '.join(missing)}: it is incomplete; {fix}")
     problems = []
     if cfg.get("model_type") != "gpt2":
         problems.append(f"model_type is {cfg.get('model_type')!r}; only GPT-2 (model_type 'gpt2') folders load")
@@ -114,32 +169,45 @@ def _read_hf(folder: Path) -> Pretrained:
             problems.append(f"{flag} is not supported")
     if cfg.get("scale_attn_weights") is False:
         problems.append("scale_attn_weights false is not supported")
-    if cfg.get("tie_word_embeddings") is False:
-        problems.append("untied output embeddings are not supported")
     if problems:
         raise LitGPTError(f"{folder}/config.json: " + "; ".join(problems))
     # GPT-2's gelu_new is tanh-approximated; lit-gpt's GELU is exact (as nanoGPT's): logits differ by ~1e-3.
-    config = GPTConfig(
-        vocab_size=cfg["vocab_size"],
-        block_size=cfg.get("n_positions", 1024),
-        n_layer=cfg["n_layer"],
-        n_head=cfg["n_head"],
-        n_embd=cfg["n_embd"],
-        bias=True,
-        mlp="relu" if act == "relu" else "gelu",
-    )
-    return Pretrained(_untied(_from_hf(_read_weights(folder))), config, _hf_tokenizer(folder), f"GPT-2 {folder}")
+    n_inner = cfg.get("n_inner")
+    fields_ = {
+        "vocab_size": cfg["vocab_size"],
+        "block_size": cfg.get("n_positions", 1024),
+        "n_layer": cfg["n_layer"],
+        "n_head": cfg["n_head"],
+        "n_embd": cfg["n_embd"],
+        "bias": True,
+        "mlp": "relu" if act == "relu" else "gelu",
+        # HF's n_inner (empty: 4 x n_embd) is the MLP's hidden width; the default stays empty, as lit-gpt's does.
+        "mlp_hidden": n_inner if n_inner is not None and n_inner != 4 * cfg["n_embd"] else None,
+        "tie_weights": cfg.get("tie_word_embeddings", True) is not False,  # transformers ties unless told not to
+    }
+    config = _config(fields_, f"{folder}/config.json", fix)
+    state = _output_layer(_from_hf(_read_weights(folder)), config)
+    return Pretrained(state, config, _hf_tokenizer(folder), f"GPT-2 {folder}")
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    def load(file: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(file)
+        except (SafetensorError, OSError) as e:  # cut short (an interrupted copy or download), or overwritten
+            raise LitGPTError(f"{file} is damaged or incomplete ({_first_line(e)}): {_fix(folder)}") from None
+
     if (folder / "model.safetensors").is_file():
-        return load_file(folder / "model.safetensors")
+        return load(folder / "model.safetensors")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for f in files for k, v in load_file(folder / f).items()}
+        weight_map = _read_json(index, _fix(folder)).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise LitGPTError(f"{index} has no weight_map: it is damaged; {_fix(folder)}")
+        return {k: v for f in sorted(set(weight_map.values())) for k, v in load(folder / f).items()}
     if (folder / "pytorch_model.bin").is_file():
         try:
             return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -151,17 +219,25 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _from_hf(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face GPT2LMHeadModel names and Conv1D layout -> lit-gpt's."""
+    """Hugging Face GPT2LMHeadModel names and Conv1D layout -> lit-gpt's (``lm_head.weight`` kept as it is, for
+    ``_output_layer`` to keep or drop)."""
     out = {}
     for key, value in hf.items():
-        if key == "lm_head.weight" or key.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # tied output layer; the causal-mask buffers of old checkpoints
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffers of old checkpoints
+        if key == "lm_head.weight":
+            out[key] = value
+            continue
         name = key.removeprefix("transformer.")
         out["transformer." + name] = value.t().contiguous() if name.endswith(CONV1D) else value
     return out
 
 
-def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _output_layer(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A tied output layer is the token embedding: keep one copy (``transformer.wte.weight``). An untied one is a
+    trained matrix of its own: keep it (``build_model`` reports it if it is missing)."""
+    if not config.tie_weights:
+        return state
     if "transformer.wte.weight" not in state and "lm_head.weight" in state:
         state["transformer.wte.weight"] = state["lm_head.weight"]
     return {k: v for k, v in state.items() if k != "lm_head.weight"}
@@ -180,9 +256,43 @@ def _hf_tokenizer(folder: Path) -> Tokenizer | None:
     return None
 
 
-def target_config(pre: Pretrained, wanted: GPTConfig, data_vocab: int | None = None) -> GPTConfig:
-    """The config to build: PATH's architecture with ``wanted``'s block_size, dropout and (larger) vocab_size."""
+def architecture_conflicts(pre: Pretrained, wanted: Any) -> list[str]:
+    """The ``model.config`` keys (of a GPTConfig or a parsed config section) that ask for another architecture than
+    the pretrained model's. A value equal to GPTConfig's default counts as not set: the parsed config cannot tell
+    a default from a user's choice, and the pretrained model's architecture wins either way."""
+    get = wanted.get if hasattr(wanted, "get") else lambda k, d=None: getattr(wanted, k, d)
     src = pre.config
+    problems = []
+    for f in fields(GPTConfig):
+        if f.name in FROM_CONFIG or f.name == "init":  # loaded weights replace the initialisation: any is fine
+            continue
+        value, theirs = get(f.name, f.default), getattr(src, f.name)
+        if value == f.default or value == theirs:
+            continue
+        if f.name == "mlp_hidden" and isinstance(value, int) and value == mlp_hidden_size(src):
+            continue  # the width PATH has anyway, spelt out
+        problems.append(f"model.config.{f.name} {_shown(value)} conflicts with {pre.origin}'s {_shown(theirs)}")
+    return problems
+
+
+def _refuse_conflicts(conflicts: list[str]) -> None:
+    if conflicts:
+        drop = "drop the option" if len(conflicts) == 1 else "drop these options"
+        raise LitGPTError("; ".join(conflicts) + f": the architecture comes from --model.init_from; {drop}")
+
+
+def _shown(value: Any) -> str:
+    """A value as it is written on the command line."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def target_config(pre: Pretrained, wanted: GPTConfig, data_vocab: int | None = None) -> GPTConfig:
+    """The config to build: PATH's architecture with ``wanted``'s block_size, dropout and (larger) vocab_size. Any
+    other key of ``wanted`` that asks for something else is an error (``architecture_conflicts``)."""
+    src = pre.config
+    _refuse_conflicts(architecture_conflicts(pre, wanted))
     vocab = wanted.vocab_size or src.vocab_size
     problems = []
     if vocab < src.vocab_size:
@@ -206,16 +316,25 @@ def build_model(pre: Pretrained, config: GPTConfig) -> GPT:
     """A ``GPT`` of ``config`` (from ``target_config``) holding the pretrained weights."""
     model = GPT(config)
     state = dict(pre.state)
-    wte = state.get("transformer.wte.weight")
-    if wte is not None and wte.size(0) < config.vocab_size:  # pad: new rows are the mean embedding
-        extra = wte.float().mean(0, keepdim=True).expand(config.vocab_size - wte.size(0), -1).to(wte.dtype)
-        state["transformer.wte.weight"] = torch.cat([wte, extra])
+    for key in ("transformer.wte.weight", "lm_head.weight"):  # an untied output layer is padded like the embedding
+        rows = state.get(key)
+        if rows is not None and rows.size(0) < config.vocab_size:  # pad: new rows are the mean row
+            extra = rows.float().mean(0, keepdim=True).expand(config.vocab_size - rows.size(0), -1).to(rows.dtype)
+            state[key] = torch.cat([rows, extra])
     wpe = state.get("transformer.wpe.weight")
     if wpe is not None and wpe.size(0) > config.block_size:  # a shorter context: the first positions (nanoGPT's crop)
         state["transformer.wpe.weight"] = wpe[: config.block_size]
-    if model.lm_head is not None:
+    if model.lm_head is not None and config.tie_weights:
         state["lm_head.weight"] = state.get("transformer.wte.weight")
     expected = model.state_dict()
+    check_weights(pre, state, expected)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    return model
+
+
+def check_weights(pre: Pretrained, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Raise one ``LitGPTError`` unless ``state`` has exactly the names and shapes of ``expected`` (a model's
+    ``state_dict``, on any device, "meta" included)."""
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     problems += [
@@ -226,8 +345,6 @@ def build_model(pre: Pretrained, config: GPTConfig) -> GPT:
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise LitGPTError(f"the weights of {pre.origin} do not fit its config: {shown}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-    return model
 
 
 def data_tokenizer(init_from: str, data_tokenizer: str, cache_dir: str) -> str:
@@ -261,8 +378,10 @@ def prepare_init_from(config: Any) -> None:
     point ``data.tokenizer`` at its tokenizer, so shape problems surface before the data is tokenized."""
     model, data = config.model, config.data
     wanted = model.config
+    pre = load_pretrained(model.init_from)
+    _refuse_conflicts(architecture_conflicts(pre, wanted))  # on the parsed section: every key the user could set
     shape = GPTConfig(
         vocab_size=wanted.get("vocab_size"), block_size=wanted.get("block_size", 64), dropout=wanted.get("dropout", 0.0)
     )
-    target_config(load_pretrained(model.init_from), shape)
+    target_config(pre, shape)
     data.tokenizer = data_tokenizer(model.init_from, data.tokenizer, data.cache_dir)

@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 from lit_gpt.errors import LitGPTError
 from lit_gpt.finetune import apply_finetune, finetune_problems
 from lit_gpt.hub import hub_repo
-from lit_gpt.init_from import build_model, load_pretrained, target_config
+from lit_gpt.init_from import WHAT_LOADS, build_model, load_pretrained, target_config
 from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.optim import configure_adamw, warmup_cosine
@@ -71,7 +71,8 @@ class LitGPT(L.LightningModule):
                 gpt2-medium, gpt2-large, gpt2-xl, hf:OWNER/REPO; downloaded once). The architecture and the
                 tokenizer come from it; config sets block_size (at most its own), dropout and a larger vocab_size
                 to pad to. To resume a run, use --ckpt_path instead.
-            freeze_embeddings: Do not train the token and position embeddings (nor the output layer, tied to them).
+            freeze_embeddings: Do not train the token and position embeddings nor the output layer (tied to them or
+                not).
             freeze_layers: Do not train the first N Transformer blocks.
             lora_rank: Rank of LoRA adapters on the attention and MLP projections; 0 is off. With LoRA only the
                 adapters train; lit-gpt export merges them into plain weights.
@@ -102,7 +103,7 @@ class LitGPT(L.LightningModule):
                 "--model.init_from (a .ckpt or run folder, an exported folder, or gpt2)"
             )
         if init_from is not None and hub_repo(init_from) is None and not Path(init_from).expanduser().exists():
-            problems.append(f"init_from {init_from!r} does not exist")
+            problems.append(f"init_from {init_from!r} does not exist: give {WHAT_LOADS}")
         if problems:
             raise LitGPTError("invalid model config: " + "; ".join(problems))
         # Plain data only: checkpoints must load with weights_only=True.
