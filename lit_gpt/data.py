@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from lit_gpt.errors import LitGPTError
-from lit_gpt.prepare import encode_document, prepare
+from lit_gpt.prepare import encode_document, prepare, tokenizer_problem
 from lit_gpt.sources import Source, resolve
 from lit_gpt.tokenizer import CharTokenizer, PlaceholderCharTokenizer, Tokenizer
 
@@ -170,7 +170,7 @@ class StreamingWindows(IterableDataset):
         while True:
             stream.set_epoch(epoch)  # a new shuffle order each pass
             empty = True
-            for row in stream:
+            for row in self.source.rows(stream):
                 empty = False
                 buf = np.concatenate(
                     [buf, encode_document(self.tokenizer, row["text"], self.source.rows_are_documents)]
@@ -290,6 +290,8 @@ class TextDataModule(L.LightningDataModule):
             problems.append(f"bpe_vocab_size must be at least 257 (256 bytes + end-of-text), got {bpe_vocab_size}")
         if sampling not in SAMPLING:
             problems.append(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+        if isinstance(tokenizer, str) and (problem := tokenizer_problem(tokenizer)):
+            problems.append(problem)  # here, not when preparing: before a Trainer or a process group is built
         if streaming and tokenizer == "char":
             problems.append("streaming needs a tokenizer other than char (bpe, gpt2 or hf:PATH)")
         if streaming and sampling != "random":

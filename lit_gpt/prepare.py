@@ -3,7 +3,9 @@
 The output folder ``<cache_dir>/<name>-<key>/`` is named by a key of everything that decides its contents (the
 source's fingerprint, the tokenizer settings, the validation split, the layout version), so a changed source or
 tokenizer gets a new folder and an unchanged one is reused. It is written under a temporary name and renamed when
-complete: an interrupted prepare leaves nothing that a later run would trust.
+complete: an interrupted prepare leaves nothing that a later run would trust. The temporary folder of a killed
+prepare (``<name>.tmp-<host>-<pid>``) is removed by the next prepare in that cache folder on the same host, once
+its process is gone; a live one (another rank, another run) is never touched.
 
 Token files are flat arrays of ``uint16`` (vocabularies up to 65,536) or ``uint32``. BPE tokenizers put their
 end-of-text token after every document. Tokenizing runs as ``datasets.map(batched=True, num_proc=N)``.
@@ -16,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +82,7 @@ def prepare(
         ).encode()
     ).hexdigest()
     out = Path(cache_dir) / f"{src.name}-{key[:16]}"
+    remove_stale_temporaries(Path(cache_dir))
     if (out / "meta.json").exists():
         return out
     if isinstance(tok_key, list) and tok_key[0] == "file" and tok_key[1] != "hf:":
@@ -85,7 +90,7 @@ def prepare(
     src.check()
     if val:
         val.check()
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    tmp = temporary_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -111,6 +116,56 @@ def prepare(
     return out
 
 
+# <name>-<16 hex>.tmp-<host>-<pid>; and .tmp<pid>, the name before the host was in it
+_TEMPORARY = re.compile(r"^.+-[0-9a-f]{16}\.tmp(?:-(?P<host>.+)-)?(?P<pid>[0-9]+)$")
+
+
+def temporary_folder(out: Path, pid: int | None = None) -> Path:
+    """Where this process writes ``out`` before renaming it. The host is in the name because a cache folder on a
+    shared disk is written by several machines, and a pid says whether a process is alive only on its own."""
+    return out.with_name(f"{out.name}.tmp-{socket.gethostname()}-{os.getpid() if pid is None else pid}")
+
+
+def remove_stale_temporaries(cache_dir: Path) -> None:
+    """Remove the temporary folders of prepares on this host whose process is gone (killed, out of memory, a node
+    that lost power): for FineWeb each can be tens of GB. Another host's folders are left to that host."""
+    try:
+        entries = list(cache_dir.iterdir()) if cache_dir.is_dir() else []
+    except OSError:
+        return
+    host = socket.gethostname()
+    for entry in entries:
+        m = _TEMPORARY.match(entry.name)
+        if m and m["host"] in (None, host) and entry.is_dir() and not _alive(int(m["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)  # ignore_errors: another rank may be removing it too
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only the check that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def tokenizer_problem(tokenizer: str) -> str | None:
+    """What is wrong with a ``--data.tokenizer`` value, found without reading any file but its existence (so
+    ``TextDataModule`` reports it with the other data options, before anything is built)."""
+    if tokenizer in ("char", "bpe", "gpt2"):
+        return None
+    path = tokenizer[3:] if tokenizer.startswith("hf:") else tokenizer
+    if not (tokenizer.startswith("hf:") or tokenizer.endswith(".json")):
+        return (
+            f"unknown tokenizer {tokenizer!r}: use char, bpe, gpt2, hf:PATH (a Hugging Face tokenizer.json) or the "
+            "path of a tokenizer JSON saved by lit-gpt"
+        )
+    if not Path(path).expanduser().is_file():
+        return f"tokenizer file {path!r} does not exist: give the path of a tokenizer.json"
+    return None
+
+
 def tokenizer_key(tokenizer: str | Tokenizer, bpe_vocab_size: int) -> Any:
     """What identifies the tokenizer in the cache key, checked before any work is done."""
     if isinstance(tokenizer, Tokenizer):
@@ -121,16 +176,11 @@ def tokenizer_key(tokenizer: str | Tokenizer, bpe_vocab_size: int) -> Any:
         return ["bpe", bpe_vocab_size]
     if tokenizer == "gpt2":
         return "gpt2"
-    path = tokenizer[3:] if tokenizer.startswith("hf:") else tokenizer
-    if not (tokenizer.startswith("hf:") or tokenizer.endswith(".json")):
-        raise LitGPTError(
-            f"unknown tokenizer {tokenizer!r}: use char, bpe, gpt2, hf:PATH (a Hugging Face tokenizer.json) or the "
-            "path of a tokenizer JSON saved by lit-gpt"
-        )
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise LitGPTError(f"tokenizer file {path!r} does not exist: give the path of a tokenizer.json")
-    return ["file", tokenizer[:3], hashlib.sha256(p.read_bytes()).hexdigest()]
+    problem = tokenizer_problem(tokenizer)
+    if problem:
+        raise LitGPTError(problem)
+    path = Path(tokenizer[3:] if tokenizer.startswith("hf:") else tokenizer).expanduser()
+    return ["file", tokenizer[:3], hashlib.sha256(path.read_bytes()).hexdigest()]
 
 
 def _load_tokenizer(tokenizer: str | Tokenizer) -> Tokenizer:
@@ -231,10 +281,10 @@ def _prepare_stream(
     val source or else from the first documents of the stream, which training then skips."""
     stream = src.load(cache_dir, streaming=True)
     if tokenizer == "bpe":
-        tok: Tokenizer = BPETokenizer.train(_head_texts(stream, BPE_TRAIN_CHARS), bpe_vocab_size)
+        tok: Tokenizer = BPETokenizer.train(_head_texts(src.rows(stream), BPE_TRAIN_CHARS), bpe_vocab_size)
     else:
         tok = _load_tokenizer(tokenizer)
-    val_stream = val.load(cache_dir, streaming=True) if val else stream
+    val_stream = (val or src).rows(val.load(cache_dir, streaming=True) if val else stream)
     rows_are_docs = (val or src).rows_are_documents
     chunks, n, docs = [], 0, 0
     for row in val_stream:

@@ -11,14 +11,23 @@ A source is one config string:
 
 All of them load through ``datasets.load_dataset``, into ``Dataset`` (memory-mapped Arrow) or, with
 ``streaming=True``, ``IterableDataset``.
+
+Rows whose text is null, missing or empty are not documents and are skipped (JSON Lines exports often have a few);
+a warning says how many. A text column of another type (numbers, lists, a mix) is an error that names the columns
+holding text, as are bad bytes and bad JSON, with the file and the line.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import glob
 import hashlib
 import json
+import logging
+import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,13 +80,15 @@ class Source:
         return h.hexdigest()
 
     def check(self) -> None:
-        """Read text files through once for the problems a user can fix (empty, binary, not UTF-8), before they
-        surface as a traceback from deep inside datasets. Costs a read of the data: done only when preparing."""
-        if self.builder != "text":
+        """Read text and JSON files through once for the problems a user can fix (empty, binary, not UTF-8: with the
+        file, byte and line), before they surface as a traceback from deep inside datasets. Costs a read of the
+        data: done only when preparing."""
+        if self.kind != "files":
             return
-        for f in self.files:
-            if len(self.files) == 1 or Path(f).stat().st_size:  # an empty file among many is just skipped
-                check_text_file(f)
+        if self.builder in ("text", "json"):
+            for f in self.files:
+                if len(self.files) == 1 or Path(f).stat().st_size:  # an empty file among many is just skipped
+                    check_text_file(f)
         if all(Path(f).stat().st_size == 0 for f in self.files):
             raise LitGPTError(f"data source {self.spec!r} is empty: it needs text to train on")
 
@@ -89,6 +100,8 @@ class Source:
             ds = datasets.Dataset.from_dict({"text": list(self.documents)})
             return ds.to_iterable_dataset() if streaming else ds
         kwargs: dict[str, Any] = {"cache_dir": str(Path(cache_dir) / "hf"), "streaming": streaming}
+        if self.builder == "json":
+            _drop_json_parse_logs()
         if not self.rows_are_documents:
             # A lone .txt file: rows are ~1 MB runs of whole lines, exactly as on disk (the text builder's rows are
             # single lines, about 3x slower to load, with \r\n turned into \n).
@@ -105,23 +118,121 @@ class Source:
                 ds = datasets.load_dataset(self.spec[3:], self.subset, split=self.split, **kwargs)
         except LitGPTError:
             raise
-        except Exception as e:  # network, missing config or split, malformed JSON/parquet: datasets' own message
-            what = "dataset" if self.kind == "hub" else "data source"
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LitGPTError(f"could not load {what} {self.spec!r}: {msg}") from None
+        except Exception as e:  # network, missing config or split, malformed JSON/parquet
+            raise self.read_error(e) from None
         columns = list(ds.column_names) if ds.column_names is not None else None
-        if columns is None and self.text_field != "text":  # a stream whose columns are known only once read
-            ds = ds.rename_column(self.text_field, "text")
         if columns is not None and self.text_field not in columns:
             raise LitGPTError(
                 f"data source {self.spec!r} has no column {self.text_field!r}; its columns are {columns}: "
                 "set --data.text_field"
             )
-        if columns is not None and columns != ["text"]:
+        if ds.features is not None:  # a stream of a Hub dataset may know its columns only once read
+            self._check_type(ds.features)
+        if columns is not None and columns != [self.text_field]:
             ds = ds.select_columns([self.text_field])
-            if self.text_field != "text":
-                ds = ds.rename_column(self.text_field, "text")
-        return ds
+        if self.text_field != "text":
+            ds = ds.rename_column(self.text_field, "text")
+        if streaming:  # rows are checked as they are read: a stream is never read through in advance
+            keep = functools.partial(_has_text, spec=self.spec, text_field=self.text_field)
+            return ds.filter(keep, input_columns="text")
+        return self._without_empty_rows(ds)
+
+    def _check_type(self, features: Any) -> None:
+        """The text column must hold strings: say what it holds instead, where (JSON), and which columns do."""
+        feature = features[self.text_field]
+        if _is_text(feature):
+            return
+        dtype = getattr(feature, "dtype", None)
+        if dtype == "null":
+            what = "nothing (it is null in every row)"
+        elif type(feature).__name__ == "Json":
+            what = "a mix of types (text, and numbers, lists or objects)"
+        elif dtype is not None:
+            what = f"{dtype} values"
+        else:
+            what = f"{type(feature).__name__} values"
+        where = ""
+        if self.builder == "json":
+            problem = next(filter(None, (_json_problem(f, self.text_field) for f in self.files)), None)
+            where = f" ({problem})" if problem else ""
+        text_columns = [name for name, f in features.items() if _is_text(f)]
+        raise LitGPTError(
+            f"data source {self.spec!r}: column {self.text_field!r} holds {what}, not text{where}; set "
+            f"--data.text_field to the column that holds the documents "
+            + (f"(columns of text: {text_columns})" if text_columns else "(no column holds text)")
+        )
+
+    def _without_empty_rows(self, ds: Any) -> Any:
+        """``ds`` less the rows with no text (null, missing or empty), checked for bad UTF-8 on the way (Arrow
+        does not check it on reading, and Python would fail on it deep inside tokenizing)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = ds.data.column("text")
+        start = 0
+        for chunk in column.chunks:
+            try:
+                chunk.validate(full=True)
+            except pa.ArrowInvalid as e:
+                at = re.search(r"string index (\d+)", str(e))  # "Invalid UTF8 sequence at string index N"
+                where = f"row {start + int(at[1]) + 1} (its files in order)" if at else f"a row after row {start}"
+                raise LitGPTError(
+                    f"data source {self.spec!r} holds text that is not UTF-8 in {where}: re-encode it as UTF-8"
+                ) from None
+            start += len(chunk)
+        keep = pc.and_(pc.is_valid(column), pc.greater(pc.binary_length(column), 0))
+        n_keep = pc.sum(keep).as_py() or 0
+        if n_keep == len(ds):
+            return ds
+        if n_keep == 0:
+            raise LitGPTError(
+                f"data source {self.spec!r} holds no text: column {self.text_field!r} is null or empty in every row; "
+                "set --data.text_field to the column that holds the documents"
+            )
+        skipped = len(ds) - n_keep
+        print(
+            f"lit-gpt: warning: data source {self.spec!r}: skipping {skipped:,} of {len(ds):,} rows whose "
+            f"{self.text_field!r} is null, missing or empty",
+            file=sys.stderr,
+            flush=True,
+        )
+        return ds.select(pc.indices_nonzero(keep).to_numpy())
+
+    def read_error(self, e: BaseException) -> LitGPTError:
+        """A LitGPTError for an error from datasets or Arrow while reading this source, with the cause (the place
+        of bad JSON, an empty file, bytes that are not UTF-8) rather than datasets' generic wrapper."""
+        what = "dataset" if self.kind == "hub" else "data source"
+        if isinstance(e, UnicodeDecodeError):
+            return LitGPTError(
+                f"{what} {self.spec!r} holds text that is not UTF-8 ({e.reason} at byte {e.start} of a row): "
+                "re-encode it as UTF-8"
+            )
+        if self.builder == "json":  # datasets says "An error occurred while generating the dataset": find where
+            problem = next(filter(None, (_json_problem(f, self.text_field) for f in self.files)), None)
+            if problem:
+                return LitGPTError(f"could not load {what} {self.spec!r}: {problem}")
+        cause = e
+        while cause.__cause__ is not None and str(cause.__cause__).strip():
+            cause = cause.__cause__
+        msg = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if not msg:
+            msg = "it holds no rows" if isinstance(cause, StopIteration) else type(cause).__name__
+        return LitGPTError(f"could not load {what} {self.spec!r}: {msg}")
+
+    def rows(self, stream: Any) -> Iterator[dict[str, Any]]:
+        """The rows of a stream from ``load(streaming=True)``; a read error (bad JSON, bytes that are not UTF-8)
+        becomes one LitGPTError, as it does when loading without streaming."""
+        import pyarrow as pa
+        from datasets.exceptions import DatasetGenerationError
+
+        # Bound before the loop: a stream dropped at interpreter exit is closed after its modules are torn down.
+        read_errors = (ValueError, pa.ArrowException, DatasetGenerationError)
+        try:
+            yield from stream
+        except read_errors as e:
+            # Raised by the reading itself (the consumer's code runs outside this frame): UnicodeDecodeError is a
+            # ValueError, and so is the JSON parser's error for a .json file.
+            raise self.read_error(e) from None
 
     def text(self, cache_dir: str | Path) -> str:
         """The whole corpus as one string (for the char tokenizer, whose vocabulary needs every character):
@@ -175,6 +286,84 @@ def resolve(
     if len(builders) > 1:
         raise LitGPTError(f"data source {spec!r} mixes file types ({', '.join(sorted(builders))}): use one type")
     return Source(spec, "files", builder=builders.pop(), files=tuple(files), text_field=text_field)
+
+
+class _JsonParseLogs(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to load JSON from file")
+
+
+def _drop_json_parse_logs() -> None:
+    """datasets logs a JSON file's parse error and then raises it (reading a stream): lit-gpt reports it, with the
+    line, so the log would only be a second, less clear line."""
+    logger = logging.getLogger("datasets.packaged_modules.json.json")
+    if not any(isinstance(f, _JsonParseLogs) for f in logger.filters):
+        logger.addFilter(_JsonParseLogs())
+
+
+def _is_text(feature: Any) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def _has_text(text: Any, spec: str, text_field: str) -> bool:
+    """Whether a streamed row is a document (null and empty ones are skipped); a value that is not text is an error
+    (the stream's column type may be unknown until it is read)."""
+    if text is None or isinstance(text, str):
+        return bool(text)
+    raise LitGPTError(
+        f"data source {spec!r}: a row's {text_field!r} is {str(text)[:40]!r} ({type(text).__name__}), not text; set "
+        "--data.text_field to the column that holds the documents"
+    )
+
+
+def _json_problem(path: str, text_field: str) -> str | None:
+    """The first problem in a JSON Lines file (or a .json file holding one list of rows), as ``FILE line N: ...``:
+    bad JSON, a row that is not an object, a text that is not a string. None if there is none. Reads the file
+    through: only called once datasets has failed on it, to say where."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = True
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                if first and line.lstrip().startswith(("[", "{")):  # maybe one JSON document over many lines
+                    return _json_document_problem(path, text_field)
+                return f"{path} line {n}: bad JSON ({_where(e)}); fix or remove that line"
+            first = False
+            problem = _row_problem(row, text_field)
+            if problem:
+                return f"{path} line {n}: {problem}"
+    return None
+
+
+def _json_document_problem(path: str, text_field: str) -> str | None:
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as e:
+        return f"{path} line {e.lineno}: bad JSON ({_where(e)})"
+    if not isinstance(rows, list):
+        return f"{path} holds one JSON {type(rows).__name__}: give a list of rows, or JSON Lines (one row a line)"
+    for i, row in enumerate(rows):
+        problem = _row_problem(row, text_field)
+        if problem:
+            return f"{path} row {i + 1}: {problem}"
+    return None
+
+
+def _where(e: json.JSONDecodeError) -> str:
+    # json's messages end in " at" when a position follows ("Unterminated string starting at")
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
+
+
+def _row_problem(row: Any, text_field: str) -> str | None:
+    if not isinstance(row, dict):
+        return f"{str(row)[:40]!r} is not a JSON object with a {text_field!r} field"
+    text = row.get(text_field)
+    if text is not None and not isinstance(text, str):
+        return f"{text_field!r} is {json.dumps(text)[:40]} ({type(text).__name__}), not a string"
+    return None
 
 
 def _text_pieces(path: str, stamp: str, size: int = 1 << 20):

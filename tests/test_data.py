@@ -1,12 +1,14 @@
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from lit_gpt.corpus import load_text, shakespeare_plays, shakespeare_text
+from lit_gpt.corpus import shakespeare_plays, shakespeare_text
 from lit_gpt.data import RandomWindows, Share, TextDataModule, prepare, window_starts
 from lit_gpt.errors import LitGPTError
+from lit_gpt.sources import resolve
 
 
 def test_builtin_corpus_has_tiny_shakespeare_layout():
@@ -103,12 +105,7 @@ def test_bad_sources_give_one_clear_error(tmp_path, content, message):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(LitGPTError, match=message):
-        load_text(str(path))
-
-
-def test_a_folder_is_not_a_corpus(tmp_path):
-    with pytest.raises(LitGPTError, match="is a folder"):
-        load_text(str(tmp_path))
+        resolve(str(path)).check()  # what prepare (and so fit and `lit-gpt prepare`) runs before reading
 
 
 def test_too_short_for_the_block_size(tmp_path):
@@ -123,3 +120,15 @@ def test_bad_data_config_lists_every_problem():
     with pytest.raises(LitGPTError) as e:
         TextDataModule(batch_size=0, val_fraction=1.5)
     assert "batch_size" in str(e.value) and "val_fraction" in str(e.value)
+
+
+def test_an_unknown_tokenizer_is_reported_with_the_other_problems_before_anything_is_built(tmp_path, monkeypatch):
+    from lit_gpt.cli import fit_cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LitGPTError) as e:  # raised while checking the parsed config: no Trainer, no data read
+        fit_cli(["fit", "--data.tokenizer", "sentencepiece", "--trainer.max_steps", "0"])
+    assert "unknown tokenizer 'sentencepiece'" in str(e.value) and "max_steps" in str(e.value)
+    with pytest.raises(LitGPTError, match="tokenizer file 'missing.json' does not exist"):
+        TextDataModule(tokenizer="hf:missing.json")
+    assert os.listdir(tmp_path) == []
