@@ -4,7 +4,8 @@
 
 - a save writes a hidden temporary file next to the target, flushes it to disk (``fsync``) and renames it over the
   target (``os.replace``, atomic on POSIX), so a process killed mid-save or a full disk leaves the previous
-  checkpoint whole. Lightning's own save buffers the whole checkpoint in memory and does not fsync.
+  checkpoint whole, and a failed write (a full disk) is one ``LitGPTError`` line saying so. Lightning's own save
+  buffers the whole checkpoint in memory and does not fsync.
 - a load first checks every entry of the archive against the CRC-32 that ``torch.save`` stored, then always uses
   ``torch.load(weights_only=True)``, and turns every failure (a truncated file, a file that is not a checkpoint,
   bytes changed after the save, a pickle that would run code) into one ``LitGPTError`` line.
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -110,6 +112,41 @@ def load_error(path: str | Path, error: BaseException) -> LitGPTError:
     )
 
 
+def write_failure(error: BaseException) -> BaseException | None:
+    """The file system's error behind a failed save, if that is what failed. torch's zip writer turns an ``OSError``
+    from the file (ENOSPC, EDQUOT, EIO...) into a ``RuntimeError`` ("enforce fail at inline_container.cc") whose
+    context is the ``OSError``; writing by path it raises only the ``RuntimeError`` ("file write failed")."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    if isinstance(error, RuntimeError) and ("file write failed" in text or "PytorchStreamWriter failed" in text):
+        return error
+    return None
+
+
+def save_error(path: str | Path, failure: BaseException) -> LitGPTError:
+    """The one line a user sees when a checkpoint could not be written (the atomic save left nothing behind)."""
+    if Path(path).exists():
+        kept = "the previous checkpoint is kept"
+    elif any(Path(path).parent.glob("*.ckpt")):
+        kept = "the checkpoints saved before are kept"
+    else:
+        kept = "no checkpoint was saved yet"
+    if isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "" if failure.errno == errno.ENOSPC else f" ({failure.strerror.lower()})"
+        return LitGPTError(
+            f"no space left writing {str(path)}{reason}; {kept}; free space and resume with --ckpt_path last"
+        )
+    if isinstance(failure, OSError):
+        why = failure.strerror or str(failure) or type(failure).__name__
+    else:  # torch's writer without the OSError behind it: most often a full disk
+        why = f"{str(failure).splitlines()[0].strip()}; is the disk full?"
+    return LitGPTError(f"could not write {str(path)} ({why}); {kept}; fix that and resume with --ckpt_path last")
+
+
 _verified: dict[str, tuple[int, int]] = {}  # checkpoints whose CRCs passed, by path: (mtime, size) when checked
 
 
@@ -151,7 +188,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote storage: fsspec's transaction does it
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        atomic_torch_save(checkpoint, path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except (OSError, RuntimeError) as e:
+            failure = write_failure(e)
+            if failure is None:  # not the file system: a bug, keep its traceback
+                raise
+            raise save_error(path, failure) from e
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not get_filesystem(path).exists(path):

@@ -12,19 +12,24 @@ import contextlib
 import os
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 from jsonargparse import CLI, ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.connectors.signal_connector import _get_sigkill_signal
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
 from lit_gpt.checkpoint import load_for_sampling
 from lit_gpt.convert import convert
 from lit_gpt.data import TextDataModule
-from lit_gpt.errors import LitGPTError, report
+from lit_gpt.errors import LitGPTError, report, report_rank_zero
 from lit_gpt.export import export
 from lit_gpt.generate import stream
 from lit_gpt.init_from import prepare_init_from
@@ -34,7 +39,7 @@ from lit_gpt.parallel import FSDP2, GlobalBatch
 from lit_gpt.prepare import prepare_cli
 from lit_gpt.resume import ExactResume, RunCheckpoint, check_ckpt_path, preemption_report, prepare_run
 from lit_gpt.tokenizer import UnknownCharactersError
-from lit_gpt.validation import check_fit_config
+from lit_gpt.validation import NO_GPU_HINT, check_fit_config
 
 
 class LitGPTCLI(LightningCLI):
@@ -81,8 +86,25 @@ class LitGPTCLI(LightningCLI):
         GlobalBatch.apply(self.trainer, self.datamodule)  # before the ranks start: a bad value is reported once
         # Atomic checkpoint writes; --ckpt_path last resolved (the parsed config says whether the run is named).
         prepare_run(self.trainer, self.config_init[self.subcommand], self.config[self.subcommand])
+        self._new_run_folder = new_run_folder(self.trainer)
 
     before_validate = before_fit
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        self._new_run_folder = None
+        try:
+            super()._run_subcommand(subcommand)
+        except LitGPTError:
+            # A start refused before the first step (e.g. a checkpoint of another vocabulary) leaves no run folder
+            # behind: the logger and the config saver write theirs before the model's checks run.
+            if self._new_run_folder is not None and self.trainer.global_step == 0 and self.trainer.is_global_zero:
+                remove_refused_run(*self._new_run_folder)
+            # A problem only rank 0 met (a full disk: only rank 0 writes a DDP checkpoint) leaves the ranks it
+            # launched waiting in a collective, each to die with a traceback once rank 0 exits: end them first.
+            launcher = self.trainer.strategy.launcher
+            if isinstance(launcher, _SubprocessScriptLauncher) and self.trainer.is_global_zero:
+                launcher.kill(_get_sigkill_signal())
+            raise
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         # Our default callbacks step aside when the user turns their feature off, instead of Lightning refusing
@@ -91,10 +113,79 @@ class LitGPTCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("enable_progress_bar") is not False:
             callbacks = [*callbacks, ProgressBar(refresh_rate=10, leave=True)]  # Rich redraws 10 times a second
-        trainer = super()._instantiate_trainer(config, callbacks)
+        try:
+            trainer = super()._instantiate_trainer(config, callbacks)
+        except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as e:
+            if not _raised_by_lightning(e):  # torch's or a plugin's own failure: a bug, keep its traceback
+                raise
+            raise trainer_error(e) from e
         if type(trainer.profiler) is PassThroughProfiler:  # no --trainer.profiler given
             trainer.profiler = NullProfiler()
         return trainer
+
+
+def _raised_by_lightning(error: BaseException) -> bool:
+    """Whether Lightning itself raised ``error`` (its accelerator/strategy connector checking the Trainer's
+    arguments), rather than code it called."""
+    import lightning
+
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(lightning.__file__).parent.resolve())
+
+
+def trainer_error(error: BaseException) -> LitGPTError:
+    """The one line for a Trainer setting Lightning refused (check_fit_config catches the common ones first)."""
+    reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
+    if "gpu backend" in reason or "can not run on your system" in reason:
+        hint = f"no such accelerator here: {NO_GPU_HINT}"
+    else:
+        hint = "check the --trainer options (`lit-gpt fit --help` lists them and their values)"
+    return LitGPTError(f"the Trainer refused its settings: {reason}; {hint}")
+
+
+REFUSED_RUN_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*")  # what a run writes before its 1st step
+
+
+def new_run_folder(trainer: Any) -> tuple[Path, Path] | None:
+    """The logger's run folder and its outermost ancestor that does not exist yet, when the run folder is new (not
+    a resumed run's)."""
+    logger = trainer.logger
+    if logger is None or not trainer.is_global_zero:
+        return None
+    try:
+        log_dir = getattr(logger, "log_dir", None)
+    except Exception:  # a logger that cannot say before it starts
+        return None
+    if not log_dir or "://" in str(log_dir):
+        return None
+    run = top = Path(log_dir).absolute()
+    if run.exists():
+        return None
+    while not top.parent.exists():
+        top = top.parent
+    return run, top
+
+
+def remove_refused_run(run: Path, top: Path) -> None:
+    """Remove what a refused start wrote into its new ``run`` folder, then the empty folders up to ``top``; anything
+    else (a checkpoint, another run's folder under a shared new parent) stays, and with it its folders."""
+    if not run.is_dir():
+        return
+    for path in sorted(run.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        if path.is_file() and any(path.match(pattern) for pattern in REFUSED_RUN_FILES):
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    for folder in (run, *run.parents):
+        if not folder.is_dir() or any(folder.iterdir()):
+            break
+        folder.rmdir()
+        if folder == top:
+            break
 
 
 class NullProfiler(PassThroughProfiler):
@@ -255,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except SIGTERMException as e:  # preempted: a checkpoint was saved (lit_gpt.resume)
         message, code = preemption_report(e)
-        print(f"lit-gpt: {message}", file=sys.stderr)
+        report_rank_zero(message)  # every rank stops at the same step: one line for the job, as the README says
         sys.exit(code)
 
 

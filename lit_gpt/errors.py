@@ -3,7 +3,8 @@ its message reaches the user.
 
 The CLI prints its message as one line and exits non-zero; any other exception is a bug and keeps its traceback.
 Under multi-process training every rank usually meets the same problem (a bad data split, a diverged loss the ranks
-agreed on): rank 0 prints the line, and another rank prints only what rank 0 did not.
+agreed on): rank 0 prints the line, and another rank prints only what rank 0 did not. A preemption, which every
+rank reaches at the same step, is reported by rank 0 alone (``report_rank_zero``).
 """
 
 from __future__ import annotations
@@ -73,3 +74,12 @@ def _said_by_my_rank_zero(marker: Path, message: str) -> bool:
     # sibling (torchrun launched us both), and it spoke just now.
     same_job = os.getppid() in (said.get("pid"), said.get("ppid")) and time.time() - said.get("time", 0) < 60
     return same_job and said.get("message") == message
+
+
+def report_rank_zero(message: str, prefix: str = "lit-gpt") -> None:
+    """Print ``prefix: message`` on stderr from global rank 0 only: for an outcome every rank reaches together (a
+    preemption: all ranks stop at the same step), whose wording may differ per rank (only rank 0 requeues a job)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only  # the strategy sets it to the global rank
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(f"{prefix}: {message}", file=sys.stderr, flush=True)

@@ -31,6 +31,46 @@ def trainer_problems(trainer: Any) -> list[str]:
     clip = get("gradient_clip_val")
     if isinstance(clip, (int, float)) and clip < 0:
         problems.append(f"trainer.gradient_clip_val must be >= 0 (0: no clipping), got {clip}")
+    return problems + hardware_problems(get)
+
+
+NO_GPU_HINT = "use --trainer.accelerator cpu --trainer.precision 32-true"
+
+
+def hardware_problems(get: Any) -> list[str]:
+    """What Lightning's accelerator connector would refuse in the Trainer's constructor (devices, nodes, strategy,
+    accelerator), found before anything is built so it joins the other problems in one line."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator, MPSAccelerator
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    problems = []
+    devices = get("devices")
+    count = int(devices) if isinstance(devices, str) and devices.strip().lstrip("-").isdigit() else devices
+    no_devices = devices == [] or (type(count) is int and (count == 0 or count < -1))
+    if no_devices:
+        problems.append(
+            "trainer.devices must be a positive number of devices per node, -1 or 'auto' (all of them), or a list of "
+            f"device indices, got {devices!r}"
+        )
+    num_nodes = get("num_nodes")
+    if isinstance(num_nodes, int) and num_nodes < 1:
+        problems.append(f"trainer.num_nodes must be a positive integer, got {num_nodes}")
+    strategy = get("strategy")
+    known = StrategyRegistry.available_strategies()
+    if isinstance(strategy, str) and strategy.lower() != "auto" and strategy.lower() not in known:
+        problems.append(
+            f"trainer.strategy {strategy!r} is not a strategy: use auto, ddp, fsdp (lit-gpt's FSDP2), another name "
+            "Lightning registers (e.g. ddp_find_unused_parameters_true, deepspeed_stage_2), or a strategy's class path"
+        )
+    accelerator = get("accelerator")
+    names = sorted(AcceleratorRegistry.available_accelerators())
+    if isinstance(accelerator, str) and accelerator not in ("auto", "gpu", *names):
+        problems.append(f"trainer.accelerator {accelerator!r} is not an accelerator: use auto, gpu, {', '.join(names)}")
+    elif accelerator in ("gpu", "cuda", "mps"):
+        usable = {"cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}
+        if not (usable["cuda"] or usable["mps"] if accelerator == "gpu" else usable[accelerator]):
+            what = {"gpu": "GPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}[accelerator]
+            problems.append(f"trainer.accelerator is {accelerator!r} but there is no {what} here: {NO_GPU_HINT}")
     return problems
 
 

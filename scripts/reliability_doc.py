@@ -62,6 +62,20 @@ GUARANTEES = [
         "test_killed_mid_save_keeps_the_previous_checkpoint (SIGKILL during a save)",
     ),
     (
+        "a full disk",
+        "a save that cannot be written (no space left, a quota, an I/O error) leaves the previous checkpoint whole "
+        "and no temporary file, and ends in one line saying so and how to resume; under DDP rank 0 (the only rank "
+        "that writes) ends the ranks it launched first, so theirs add no traceback",
+        "test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so, "
+        "test_a_full_disk_under_ddp_is_one_line_from_rank_zero",
+    ),
+    (
+        "a refused start leaves nothing behind",
+        "a run stopped by a problem before its first step (e.g. resuming with data of another vocabulary) removes "
+        "the new `version_N/` folder its logger had started",
+        "test_a_resume_refused_for_another_vocabulary_leaves_no_new_run_folder, test_bad_input_ends_in_one_clear_line",
+    ),
+    (
         "safe loading",
         "checkpoints load with `torch.load(weights_only=True)` only; a file that would run code is refused, and the "
         "code does not run",

@@ -309,6 +309,7 @@ def test_slurm_script_launches_ranks_and_requeues_after_saving_on_sigusr1(tmp_pa
     os.kill(int(pid_file.read_text()), signal.SIGUSR1)  # SLURM signals srun, which passes it to every task
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 128 + signal.SIGUSR1, out[-3000:]
+    assert [line.startswith("lit-gpt: stopped by SIGUSR1") for line in out.splitlines()].count(True) == 1, out[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", job_id]
     saved_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert saved_step > 0

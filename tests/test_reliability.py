@@ -4,12 +4,18 @@ recorded (tests/reliability_log.py) and rendered into docs/reliability.md by scr
 
 from __future__ import annotations
 
+import errno
+import importlib.util
+import io
 import math
 import os
 import pickle
 import random
 import shlex
+import shutil
 import struct
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +66,7 @@ class Case:
     row: str  # the row of the issue's list
     make: Callable[[Path, Path, Path], list[str]]  # (tmp dir, corpus, good checkpoint) -> lit-gpt arguments
     expect: str  # a part of the one line the user sees
+    skip: str | None = None  # why this machine cannot show the case (e.g. it has a GPU)
 
 
 def text_file(tmp: Path, content: bytes, name: str = "corpus.txt") -> str:
@@ -102,6 +109,20 @@ def flipped_bit(tmp: Path, good: Path) -> str:
     raw[entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2] ^= 0x10
     (tmp / "flipped.ckpt").write_bytes(bytes(raw))
     return str(tmp / "flipped.ckpt")
+
+
+def other_vocabulary(tmp: Path, corpus: Path) -> str:
+    """The training corpus lowercased: long enough, but its characters (its vocabulary) are not the checkpoint's."""
+    return text_file(tmp, corpus.read_bytes().lower(), "lowercase.txt")
+
+
+def unknown_characters(tmp: Path, corpus: Path) -> str:
+    """The training corpus plus digits, which the checkpoint's tokenizer has never seen."""
+    return text_file(tmp, corpus.read_bytes() + b"\nAct 1, scene 2: 1602.\n", "with_digits.txt")
+
+
+GPU = torch.cuda.is_available() or torch.backends.mps.is_available()
+XLA = importlib.util.find_spec("torch_xla") is not None
 
 
 def legacy_pickle(tmp: Path) -> str:
@@ -227,6 +248,35 @@ CASES = {
         lambda t, c, g: fit(str(c), "--model.init_from", "hf:my model"),
         "is not a model on the Hugging Face Hub",
     ),
+    "other-vocab": Case(
+        "a checkpoint from another vocabulary (resume with other data)",
+        lambda t, c, g: fit(other_vocabulary(t, c), "--ckpt_path", str(g)),
+        "the checkpoint's tokenizer differs from the data's",
+    ),
+    "init-from-other-vocab": Case(
+        "a checkpoint from another vocabulary (--model.init_from: the data takes its tokenizer)",
+        lambda t, c, g: fit(unknown_characters(t, c), "--model.init_from", str(g)),
+        "are not in the tokenizer's vocabulary: '0', '1', '2', '6'",
+    ),
+    "trainer-values": Case(
+        "devices, num_nodes or strategy Lightning refuses (all reported at once)",
+        lambda t, c, g: fit(
+            str(c), "--trainer.devices", "0", "--trainer.num_nodes", "0", "--trainer.strategy", "nonsense"
+        ),
+        "trainer.devices must be a positive number",
+    ),
+    "no-gpu": Case(
+        "--trainer.accelerator gpu on a machine without one (configs/gpt2_124m.yaml on a laptop)",
+        lambda t, c, g: fit(str(c), "--trainer.accelerator", "gpu"),
+        "there is no GPU here: use --trainer.accelerator cpu --trainer.precision 32-true",
+        skip="this machine has a GPU" if GPU else None,
+    ),
+    "no-accelerator-package": Case(
+        "an accelerator whose package is not installed (Lightning refuses while building the Trainer)",
+        lambda t, c, g: fit(str(c), "--trainer.accelerator", "tpu"),
+        "the Trainer refused its settings: Requirement 'torch_xla",
+        skip="torch_xla is installed" if XLA else None,
+    ),
     "other-shape": Case(
         "a checkpoint from another model shape",
         lambda t, c, g: fit(str(c), "--ckpt_path", str(g), "--model.config.n_layer", "3"),
@@ -238,6 +288,8 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_ends_in_one_clear_line(name, tmp_path, corpus, trained):
     case = CASES[name]
+    if case.skip:
+        pytest.skip(case.skip)
     work = tmp_path / "work"
     work.mkdir()
     args = case.make(work, corpus, trained)
@@ -253,6 +305,7 @@ def test_bad_input_ends_in_one_clear_line(name, tmp_path, corpus, trained):
     # Nothing half-written: no temporary files, no checkpoints, no partial data folders.
     after = {p for p in tmp_path.rglob("*")} - before
     assert not [p for p in after if ".tmp" in p.name or p.suffix == ".ckpt"], sorted(after)
+    assert not list(tmp_path.glob("runs/**/version_*")), sorted(after)  # no run folder left by a refused start
     record(case.row, "lit-gpt " + shlex.join(_shown(args)), r.returncode, lines[0])
 
 
@@ -271,6 +324,98 @@ def test_the_every_problem_line_names_every_problem(tmp_path, corpus):
     line = next(line for line in r.stderr.splitlines() if line.startswith("lit-gpt: error:"))
     for name in ("n_layer", "batch_size", "learning_rate", "max_steps", "val_check_interval"):
         assert name in line, line
+
+
+def test_the_trainer_values_line_names_every_problem(tmp_path, corpus):
+    args = CASES["trainer-values"].make(tmp_path, corpus, tmp_path)
+    r = run_cli(*args, cwd=tmp_path)
+    line = next(line for line in r.stderr.splitlines() if line.startswith("lit-gpt: error:"))
+    for name in ("trainer.devices", "trainer.num_nodes", "trainer.strategy 'nonsense'"):
+        assert name in line, line
+
+
+def copy_run(trained: Path, cwd: Path) -> Path:
+    """The trained run's version_0 folder, copied under ``cwd`` as if it had been trained there."""
+    run = cwd / "runs" / "shakespeare_char_cpu" / "version_0"
+    shutil.copytree(trained.parents[1], run)
+    return run
+
+
+def test_a_resume_refused_for_another_vocabulary_leaves_no_new_run_folder(tmp_path, corpus, trained):
+    run = copy_run(trained, tmp_path)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    r = run_cli(*fit(other_vocabulary(tmp_path, corpus), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")),
+                cwd=tmp_path, env=ONE_THREAD)  # fmt: skip
+    assert r.returncode == 2 and "the checkpoint's tokenizer differs from the data's" in r.stderr, r.stderr[-3000:]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no version_1 with a config and events
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # the trained run untouched
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up after 1000 bytes, as a write to a full disk fails (ENOSPC)."""
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(
+    tmp_path, corpus, trained, monkeypatch, capsys
+):
+    import lit_gpt.checkpoint_io
+    from lit_gpt.cli import main
+
+    run = copy_run(trained, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    saved = last.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    # Every checkpoint file the resumed run opens is on the full disk (the real torch.save writes into it).
+    monkeypatch.setattr(lit_gpt.checkpoint_io, "open", lambda path, mode: FullDisk(path, mode), raising=False)
+    args = fit(str(corpus), "--ckpt_path", "last", "--trainer.max_steps", "12", "--trainer.val_check_interval", "2")
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("lit-gpt: error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert "no space left writing " + str(run.relative_to(tmp_path) / "checkpoints") in lines[0], lines[0]
+    assert " kept; free space and resume with --ckpt_path last" in lines[0], lines[0]
+    assert last.read_bytes() == saved  # the previous checkpoint is whole, and still loads
+    assert torch.load(last, weights_only=True)["global_step"] == 10
+    assert sorted(p.name for p in last.parent.iterdir()) == sorted(p.name for p in trained.parent.iterdir())
+    record("the disk filling up during a checkpoint save", "lit-gpt fit ... --ckpt_path last  (disk full at the save)",
+           stopped.value.code, lines[0])  # fmt: skip
+
+
+FULL_DISK_LAUNCH = """
+import errno, io, os, sys
+import lit_gpt.checkpoint_io
+from lit_gpt.cli import main
+
+class FullDisk(io.FileIO):
+    def write(self, data):
+        if self.tell() + len(data) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+lit_gpt.checkpoint_io.open = lambda path, mode: FullDisk(path, mode)
+main()
+"""
+
+
+def test_a_full_disk_under_ddp_is_one_line_from_rank_zero(tmp_path, corpus):
+    # Only rank 0 writes a DDP checkpoint: the other rank, waiting for it, must end without a traceback of its own.
+    (tmp_path / "launch.py").write_text(FULL_DISK_LAUNCH)  # Lightning starts rank 1 with the same script
+    args = fit(str(corpus), "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.devices", "2",
+               "--trainer.strategy", "ddp")  # fmt: skip
+    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD}
+    r = subprocess.run([sys.executable, "launch.py", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("lit-gpt: error")]
+    assert len(lines) == 1 and "no space left writing runs/" in lines[0], r.stderr[-3000:]
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.suffix == ".ckpt"]
 
 
 def test_debug_shows_the_traceback(tmp_path):
