@@ -43,6 +43,11 @@ from lit_gpt.validation import NO_GPU_HINT, check_fit_config
 
 
 class LitGPTCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # A language model here has no test_step or predict_step: offer only what works (generate is our own).
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
+
     def add_arguments_to_parser(self, parser) -> None:
         # One context length: the data's windows are the model's block size.
         parser.link_arguments("model.config.block_size", "data.block_size")

@@ -132,3 +132,10 @@ def test_mfu_counts_the_training_flops_when_validation_falls_between_logging_ste
     assert sorted(val_flops) == [6, 12, 18, 24, 30]
     for step, value in val_flops.items():
         assert value / val_tokens[step] == pytest.approx(model.flops_per_token() / 3, rel=1e-3), step
+
+
+def test_only_the_subcommands_lit_gpt_implements_are_offered(tmp_path):
+    # Lightning's test and predict need a test_step / predict_step a language model here does not have.
+    r = run_cli("test", cwd=tmp_path)
+    assert r.returncode == 2 and "invalid choice: 'test' (choose from 'fit', 'validate')" in r.stderr
+    assert "Traceback" not in r.stderr
