@@ -1,5 +1,6 @@
 import math
 
+import nanogpt_reference
 import pytest
 import torch
 from conftest import assert_cached_logits_equal_full_forward
@@ -32,6 +33,24 @@ def test_parameter_names_and_shapes_are_nanogpts():
     assert got == expected
     no_bias = {k for k in tiny(bias=False).state_dict() if k.endswith("bias")}
     assert no_bias == set()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_nanogpt_checkpoint_loads_strictly_and_gives_nanogpts_logits_and_loss(bias):
+    torch.manual_seed(0)
+    shape = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=bias)
+    theirs = nanogpt_reference.GPT(nanogpt_reference.GPTConfig(**shape)).eval()
+    for p in theirs.parameters():  # away from the init (LayerNorm gains of 1, zero biases), so every weight counts
+        torch.nn.init.normal_(p, std=0.2)
+    ours = GPT(GPTConfig(**shape)).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # nanoGPT's ckpt["model"], as train.py saves it
+    idx, targets = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+    with torch.no_grad():
+        their_logits, their_loss = theirs(idx, targets)
+        our_logits, our_loss = ours(idx, targets)
+        torch.testing.assert_close(our_logits, their_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(our_loss, their_loss, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(idx)[0][:, -1:], theirs(idx)[0], atol=1e-5, rtol=1e-5)  # sampling's logits
 
 
 def test_state_dict_round_trip_gives_same_logits():
