@@ -45,6 +45,7 @@ class LitGPT(L.LightningModule):
         beta2: float = 0.99,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        loss_chunk_size: int = 0,
         init_from: str | None = None,
         freeze_embeddings: bool = False,
         freeze_layers: int = 0,
@@ -66,6 +67,9 @@ class LitGPT(L.LightningModule):
             compile: Compile the model with torch.compile (first steps are slower while it compiles).
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
+            loss_chunk_size: Compute the output layer and the loss this many tokens at a time, without ever holding
+                the whole (tokens x vocabulary) logits and their gradient: the same loss and gradients in less
+                memory, for large vocabularies (GPT-2's). 0 is off.
             init_from: Start from these weights (weights only: fresh optimizer, step 0): a lit-gpt .ckpt or run
                 folder, a folder written by lit-gpt export, a Hugging Face GPT-2 folder, or a Hub name (gpt2,
                 gpt2-medium, gpt2-large, gpt2-xl, hf:OWNER/REPO; downloaded once). The architecture and the
@@ -95,6 +99,8 @@ class LitGPT(L.LightningModule):
         for name, value in (("beta1", beta1), ("beta2", beta2)):
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
+        if not isinstance(loss_chunk_size, int) or loss_chunk_size < 0:
+            problems.append(f"loss_chunk_size must be a whole number >= 0 (0 is off), got {loss_chunk_size!r}")
         problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
         if init_from is None and (lora_rank > 0 or freeze_layers > 0 or freeze_embeddings):
             # Frozen random weights, or adapters on them, train nothing worth having.
@@ -165,6 +171,7 @@ class LitGPT(L.LightningModule):
             self.config = replace(self.config, vocab_size=vocab_size)
             self.model = GPT(self.config)
         hp = self.hparams
+        self.model.loss_chunk_size = hp.get("loss_chunk_size", 0)
         apply_finetune(
             self.model,
             freeze_embeddings=hp.get("freeze_embeddings", False),

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from lit_gpt.fused_loss import linear_cross_entropy
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -286,6 +288,9 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ValueError("GPTConfig.vocab_size must be set before building the model")
         self.config = config
+        # > 0: compute the training loss this many tokens at a time without the full logits (lit_gpt/fused_loss.py),
+        # set from outside by the trainer (LitGPT's loss_chunk_size). 0: nanoGPT's logits + F.cross_entropy.
+        self.loss_chunk_size = 0
         if config.bigram:
             # logits = wte(idx): one row of next-token scores per token. An empty h keeps the model's layout.
             self.transformer = nn.ModuleDict(
@@ -333,10 +338,11 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy against ``targets`` when given.
 
-        ``input_pos`` is the position of ``idx[:, 0]`` when decoding with a KV cache (see ``set_kv_cache``).
+        ``input_pos`` is the position of ``idx[:, 0]`` when decoding with a KV cache (see ``set_kv_cache``). With
+        ``loss_chunk_size`` set and targets given, the logits are never built and None is returned in their place.
         """
         B, T = idx.size()
         start = input_pos or 0
@@ -345,13 +351,16 @@ class GPT(nn.Module):
         if self.config.bigram:
             logits = self.transformer.wte(idx)  # (B, T, vocab_size)
         else:
-            logits = self._transformer(idx, start, input_pos)  # (B, T, vocab_size)
+            x = self._hidden(idx, start, input_pos)  # (B, T, n_embd)
+            if targets is not None and self.loss_chunk_size > 0:
+                return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk_size)
+            logits = self.lm_head(x)  # (B, T, vocab_size)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def _transformer(self, idx: torch.Tensor, start: int, input_pos: int | None) -> torch.Tensor:
+    def _hidden(self, idx: torch.Tensor, start: int, input_pos: int | None) -> torch.Tensor:
         T = idx.size(1)
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx)  # (B, T, n_embd)
@@ -363,8 +372,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, input_pos, rope)
-        x = self.transformer.ln_f(x)
-        return self.lm_head(x)  # (B, T, vocab_size)
+        return self.transformer.ln_f(x)  # (B, T, n_embd)
 
     def set_kv_cache(self, batch_size: int | None, device=None, dtype=None) -> None:
         """Allocate a KV cache of ``block_size`` positions for ``batch_size`` sequences; ``None`` removes it."""

@@ -9,6 +9,7 @@ batch 12 x 1024 tokens, bf16 autocast, fused AdamW, gradient clipping at 1.0. na
     python scripts/bench_gpt2.py --compile on --steps 50 --batch 16
     python scripts/bench_gpt2.py --compile on --batch 32,64 --attention flash,cudnn   # a grid, one row each
     python scripts/bench_gpt2.py --compile on --batch 32 --accumulate 2 --compile-mode max-autotune-no-cudagraphs
+    python scripts/bench_gpt2.py --compile on --batch 32,64 --loss-chunk 0,8192   # the loss without full logits
     python scripts/bench_gpt2.py --tiny                 # a tiny model on the CPU: checks the script works
     python scripts/bench_gpt2.py --write                # also write the figures into docs/benchmarks.md
 """
@@ -91,11 +92,14 @@ def attention_backend(name: str) -> contextlib.AbstractContextManager:
 
 def measure(
     config: GPTConfig, batch: int, accumulate: int, steps: int, warmup: int, compile: str | None, attention: str,
-    precision: str, accelerator: str,
+    precision: str, accelerator: str, loss_chunk: int = 0,
 ):  # fmt: skip
     """``compile``: None for eager, else a torch.compile mode ("default", "max-autotune-no-cudagraphs", ...)."""
     torch.manual_seed(1337)
-    model = LitGPT(config, learning_rate=6e-4, min_lr=6e-5, warmup_steps=10, beta2=0.95, compile=compile == "default")
+    model = LitGPT(
+        config, learning_rate=6e-4, min_lr=6e-5, warmup_steps=10, beta2=0.95, compile=compile == "default",
+        loss_chunk_size=loss_chunk,
+    )  # fmt: skip
     if compile not in (None, "default"):
         model.model.compile(mode=compile)  # in place, as LitGPT's own compile (which takes the default mode)
     timer = StepTimer(accumulate)
@@ -133,11 +137,15 @@ def main() -> None:
     )
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--attention", default="auto", help=f"SDPA kernel(s), a list of {', '.join(ATTENTION)}")
+    parser.add_argument(
+        "--loss-chunk", default="0", help="LitGPT's loss_chunk_size(s), a list; 0 computes the loss from full logits"
+    )
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, to check the script")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
+    chunks = [int(c) for c in args.loss_chunk.split(",")]
     attentions = args.attention.split(",")
     if bad := [a for a in attentions if a not in ATTENTION]:
         parser.error(f"--attention {','.join(bad)}: choose from {', '.join(ATTENTION)}")
@@ -152,21 +160,30 @@ def main() -> None:
         f"block {config.block_size}, vocab {config.vocab_size}), {args.precision}, AdamW (fused on CUDA), clip 1.0, "
         f"synthetic tokens; median of {args.steps} optimizer steps after {args.warmup} warm-up steps; {device_name}",
         "",
-        "| micro-batch x block x accumulation | torch.compile | attention | ms/step | tokens/s | model TFLOP/s | MFU "
-        "| peak memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "| micro-batch x block x accumulation | torch.compile | attention | loss chunk | ms/step | tokens/s "
+        "| model TFLOP/s | MFU | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     compiles = {"off": [None], "on": [args.compile_mode], "both": [None, args.compile_mode]}[args.compile]
-    for batch, compile, attention in itertools.product(batches, compiles, attentions):
+    for batch, compile, attention, chunk in itertools.product(batches, compiles, attentions, chunks):
         ms, tps, flops, peak, memory = measure(
-            config, batch, args.accumulate, args.steps, args.warmup, compile, attention, args.precision, accelerator
+            config,
+            batch,
+            args.accumulate,
+            args.steps,
+            args.warmup,
+            compile,
+            attention,
+            args.precision,
+            accelerator,
+            chunk,
         )
         mfu = f"**{flops / peak:.1%}**" if peak else "n/a"
         mem = f"{memory:.1f} GiB" if memory is not None else "n/a"
         shape = f"{batch} x {config.block_size} x {args.accumulate}"
         lines.append(
-            f"| {shape} | {compile or 'off'} | {attention} | {ms:.1f} | {tps:,.0f} | {flops / 1e12:.1f} | {mfu} "
-            f"| {mem} |"
+            f"| {shape} | {compile or 'off'} | {attention} | {chunk or 'off'} | {ms:.1f} | {tps:,.0f} "
+            f"| {flops / 1e12:.1f} | {mfu} | {mem} |"
         )
         print(lines[-1], flush=True)
     lines += [

@@ -47,7 +47,7 @@ def test_bench_gpt2_times_optimizer_steps_for_each_grid_point(tmp_path):
     env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1"}
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = re.findall(r"^\| (\d+) x 64 x 2 \| off \| (\w+) \| ([\d.]+) \| ([\d,]+) \|", r.stdout, re.M)
+    rows = re.findall(r"^\| (\d+) x 64 x 2 \| off \| (\w+) \| off \| ([\d.]+) \| ([\d,]+) \|", r.stdout, re.M)
     rows = {(int(b), attn): (float(ms), int(tps.replace(",", ""))) for b, attn, ms, tps in rows}
     assert set(rows) == {(2, "auto"), (2, "math"), (4, "auto"), (4, "math")}, r.stdout
     for (batch, _), (ms, tps) in rows.items():  # tokens/s is an optimizer step's 2 micro-batches over its time

@@ -60,8 +60,8 @@ def finish(*procs: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus):
     """The same 10 steps five ways: one process with batch 2B; batch B with 2 accumulation steps; the same from
-    global_batch.tokens; DDP with B per rank; FSDP2 (with activation checkpointing) with B per rank, stopped after
-    step 5 and resumed from its sharded checkpoint."""
+    global_batch.tokens; DDP with B per rank; FSDP2 (with activation checkpointing, and the loss computed in chunks
+    without the full logits) with B per rank, stopped after step 5 and resumed from its sharded checkpoint."""
     cwd = tmp_path_factory.mktemp("scale")
     # Two 1-thread processes at a time: the machine has 2 cores.
     finish(
@@ -75,6 +75,7 @@ def runs(tmp_path_factory, corpus):
     finish(start(corpus, cwd, "ddp", *two_ranks, "ddp"))
     # FSDP stops after step 5 and resumes from its sharded last.ckpt: the curve must not show the seam.
     fsdp = [*two_ranks, "fsdp", "--model.activation_checkpointing", "true", "--trainer.val_check_interval", "5"]
+    fsdp += ["--model.loss_chunk_size", "100"]  # 3 chunks of a rank's 8 x 32 tokens, the last one ragged
     finish(start(corpus, cwd, "fsdp", *fsdp, "--trainer.max_steps", "5"))
     finish(start(corpus, cwd, "fsdp", *fsdp, "--ckpt_path", "last"))
     return cwd / "runs"
