@@ -8,23 +8,27 @@ from typing import Any
 import torch
 
 from lit_gpt.checkpoint_io import check_readable, load_error
-from lit_gpt.convert import is_sharded, load_sharded
 from lit_gpt.errors import LitGPTError
 from lit_gpt.hub import hub_repo
 from lit_gpt.init_from import LIT_META, build_model, load_pretrained
 from lit_gpt.lightning_module import CHECKPOINT_KEY
 from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig
+from lit_gpt.sharded_checkpoint import is_sharded, load_sharded, recover_interrupted_save, recover_interrupted_saves
 from lit_gpt.tokenizer import Tokenizer
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file or sharded checkpoint folder, or the newest ``last.ckpt`` (else newest ``*.ckpt``) under a
-    run folder."""
+    run folder. A sharded save killed half-way is finished or undone first (its staging folders are never a
+    checkpoint)."""
     p = Path(path).expanduser()
+    if not p.exists():
+        recover_interrupted_save(p)
     if p.is_file() or is_sharded(p):
         return p
     if p.is_dir():
+        recover_interrupted_saves(p)
         for pattern in ("last.ckpt", "*.ckpt"):
             found = sorted(p.rglob(pattern), key=lambda f: f.stat().st_mtime)
             if found:

@@ -11,16 +11,34 @@ on a cluster. ``--trainer.strategy fsdp`` selects it (see ``FSDP2Strategy``).
 
 from __future__ import annotations
 
+import os
+import secrets
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
+from lit_gpt.checkpoint_io import atomic_torch_save, save_error, write_failure
 from lit_gpt.errors import LitGPTError
+from lit_gpt.sharded_checkpoint import (
+    EARLIER,
+    META_FILE,
+    OLD_MARK,
+    check_sharded,
+    first_failure,
+    recover_interrupted_save,
+    recover_interrupted_saves,
+    remove_path,
+    staging_path,
+    swap_in,
+)
+from lit_gpt.sharded_checkpoint import is_sharded as is_sharded_folder
 
 FSDP2 = "fsdp2"  # our registry name; the CLI maps "fsdp" to it
 
@@ -50,6 +68,104 @@ class FSDP2Strategy(ModelParallelStrategy):
         # Known only now (devices and nodes are resolved by the Trainer): all ranks form the data-parallel dimension.
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Write a sharded checkpoint so that a kill at any moment leaves the previous one or the new one whole.
+
+        Lightning writes the shards into the existing folder, in place: killed mid-save, ``last.ckpt`` mixes new
+        shards with the old ``meta.pt``, or lacks shards. Here every rank writes into one hidden staging folder,
+        rank 0 adds ``meta.pt`` last (it marks the folder complete), and only then swaps it in (``swap_in``)."""
+        if storage_options is not None or "://" in str(filepath):  # Lightning's refusal, or a remote store
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))  # one path for all ranks, as Lightning does
+        if not self._save_distributed_checkpoint:
+            return self._save_full_checkpoint(checkpoint, path)
+        # One staging name for all ranks: rank 0's pid (to tell a dead save's leftovers) and a random part.
+        staging = staging_path(path, self.broadcast(f"{os.getpid()}-{secrets.token_hex(4)}"))
+        if self.global_rank == 0:
+            recover_interrupted_saves(path.parent, clean=True)  # what killed earlier saves left in the folder
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        state = {"state_dict": checkpoint.pop("state_dict")}
+        state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+        error: BaseException | None = None
+        try:
+            _distributed_checkpoint_save(state, staging)  # collective: a rank's failure fails it on every rank
+            if self.global_rank == 0:
+                atomic_torch_save(checkpoint, staging / META_FILE)
+        except (CheckpointException, OSError, RuntimeError) as e:
+            error = e
+        # Every rank reaches this vote, so none waits forever for a rank that failed.
+        if self.reduce_boolean_decision(error is None, all=True) and self.global_rank == 0:
+            try:
+                swap_in(staging, path)
+            except OSError as e:
+                error = e
+        if not self.reduce_boolean_decision(error is None, all=True):
+            message = None
+            if self.global_rank == 0:
+                remove_path(staging)
+                recover_interrupted_save(path)  # a swap that failed half-way: the previous checkpoint back in place
+                message = str(_save_failure(path, error))
+            raise LitGPTError(self.broadcast(message))  # rank 0's words on every rank: the CLI prints them once
+
+    def _save_full_checkpoint(self, checkpoint: dict[str, Any], path: Path) -> None:
+        # save_distributed_checkpoint=False: rank 0 writes one file (atomically, through the CheckpointIO). Lightning
+        # deletes a sharded folder of the same name first; it steps aside instead until the file is written.
+        aside = staging_path(path, f"{os.getpid()}-{secrets.token_hex(4)}{OLD_MARK}")
+        if self.global_rank == 0 and is_sharded_folder(path):
+            os.rename(path, aside)
+        self.barrier("FSDP2Strategy.save_checkpoint")  # no rank looks at the path while it moves
+        super().save_checkpoint(checkpoint, path)
+        if self.global_rank == 0:
+            remove_path(aside)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's sharded resume, which reads the weights before the LightningModule sees the checkpoint and
+        fails with a traceback on every rank for a bad folder or another model: checked first, in one line."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if is_sharded_folder(path):
+            meta = check_sharded(path)  # shards whole, nothing that runs code
+            if getattr(self.lightning_module, "model", None) is not None:
+                # Its model shape and tokenizer against the module's, before the shards are read into the model.
+                self.lightning_module.on_load_checkpoint(meta)
+        try:
+            return super().load_checkpoint(path, weights_only)
+        except (CheckpointException, RuntimeError, OSError, EOFError, ValueError) as e:
+            if path.is_file():
+                raise LitGPTError(single_file_under_fsdp(path)) from None
+            raise LitGPTError(f"could not resume from {str(path)!r} ({first_failure(e)}); {EARLIER}") from None
+
+
+def _save_failure(path: Path, error: BaseException | None) -> LitGPTError:
+    """The one line for a sharded save that failed (a full disk, most often); nothing of it was left behind."""
+    failures = getattr(error, "failures", None)  # torch's CheckpointException: what failed on each rank
+    if isinstance(failures, dict) and failures:
+        error = next(iter(failures.values()))[0]
+    failure = write_failure(error) if error is not None else None
+    if failure is not None:
+        return save_error(path, failure)
+    why = first_failure(error) if error is not None else "another rank could not write its shard"
+    kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint of that name was saved yet"
+    return LitGPTError(f"could not save {str(path)} ({why}); {kept}; fix that and resume with --ckpt_path last")
+
+
+def single_file_under_fsdp(path: str | Path) -> str:
+    """The one line for resuming a single-file checkpoint under FSDP."""
+    return (
+        f"{str(path)!r} is a single-file checkpoint: resume it without --trainer.strategy fsdp (FSDP resumes only "
+        f"its own sharded checkpoint folders), or start an FSDP run from its weights with --model.init_from {path}"
+    )
+
+
+def sharded_without_fsdp(path: str | Path) -> str:
+    """The one line for resuming a sharded checkpoint folder without FSDP."""
+    return (
+        f"{str(path)!r} is a sharded (FSDP) checkpoint folder: resume it with --trainer.strategy fsdp, or use its "
+        f"weights only: lit-gpt convert --checkpoint {path} --out model.ckpt, or --model.init_from {path}"
+    )
 
 
 StrategyRegistry.register(

@@ -34,7 +34,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lit_gpt.checkpoint_io import AtomicCheckpointIO, check_readable, load_error
 from lit_gpt.errors import LitGPTError
-from lit_gpt.lightning_module import CHECKPOINT_KEY, SHAPE_FIELDS
+from lit_gpt.lightning_module import BLOCK_FIELDS, CHECKPOINT_KEY, SHAPE_FIELDS
+from lit_gpt.model import GPTConfig
+from lit_gpt.parallel import FSDP2, FSDP2Strategy, sharded_without_fsdp, single_file_under_fsdp
+from lit_gpt.sharded_checkpoint import check_sharded, is_sharded, recover_interrupted_save, recover_interrupted_saves
 
 
 def rng_states() -> dict[str, Any]:
@@ -231,8 +234,10 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
 
 
 def find_last_checkpoint(root: str | Path) -> Path | None:
-    """The newest ``last.ckpt`` anywhere under ``root`` (a run folder with ``version_*`` subfolders)."""
-    found = [p for p in Path(root).glob("**/last.ckpt") if p.is_file() or _is_sharded(p)]
+    """The newest ``last.ckpt`` anywhere under ``root`` (a run folder with ``version_*`` subfolders). A sharded
+    save killed half-way is finished or undone first (its staging folders are never a checkpoint)."""
+    recover_interrupted_saves(root)
+    found = [p for p in Path(root).glob("**/last.ckpt") if p.is_file() or is_sharded(p)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -273,11 +278,6 @@ def _names_logger_version(config: Any) -> bool:
         return False
 
 
-def _is_sharded(path: Path) -> bool:
-    """A distributed-checkpoint folder (FSDP2 writes ``last.ckpt`` as one), marked by its ``.metadata`` file."""
-    return (path / ".metadata").is_file()
-
-
 def _reuse_version(logger: Any, ckpt: Path) -> None:
     """Point a not-yet-started TensorBoard/CSV logger at the ``version_N`` folder that holds ``ckpt``."""
     version = next((p.name for p in ckpt.parents if p.name.startswith("version_")), None)
@@ -302,18 +302,22 @@ def prepare_run(trainer: L.Trainer, config: Any, parsed: Any = None) -> None:
 
 
 def check_ckpt_path(config: Any) -> None:
-    """Before anything is built: a ``--ckpt_path`` file (or folder) must be a readable lit-gpt checkpoint whose
-    model shape matches the config. Resolves a folder to its newest last.ckpt in ``config``; 'last' is resolved
-    later (it needs the logger's folder).
+    """Before anything is built: a ``--ckpt_path`` file (or sharded folder) must be a readable lit-gpt checkpoint of
+    the kind the strategy resumes (a sharded folder for FSDP, a file otherwise) whose model shape matches the
+    config. Resolves a run folder to its newest last.ckpt in ``config``; 'last' is resolved later (it needs the
+    logger's folder).
 
     This replaces LightningCLI's own look at the file, which crashes with a traceback on a corrupt file and silently
-    swaps the command line's model options for the checkpoint's.
+    swaps the command line's model options for the checkpoint's; and it fails once, before the ranks start, where
+    a sharded resume would fail on every rank with a traceback.
     """
     ckpt_path = config.get("ckpt_path")
     if not ckpt_path or ckpt_path in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
         return
     path = Path(ckpt_path).expanduser()
-    if path.is_dir() and not _is_sharded(path):
+    if not path.exists():
+        recover_interrupted_save(path)  # a sharded save killed between its two renames
+    if path.is_dir() and not is_sharded(path):
         found = find_last_checkpoint(path)
         if found is None:
             raise LitGPTError(f"--ckpt_path {ckpt_path!r} is a folder with no last.ckpt in it: give a .ckpt file")
@@ -321,26 +325,59 @@ def check_ckpt_path(config: Any) -> None:
     if not path.exists():
         raise LitGPTError(f"--ckpt_path {ckpt_path!r} does not exist: give a .ckpt file, a run folder, or 'last'")
     config["ckpt_path"] = str(path)
-    if path.is_dir():  # a sharded (distributed) checkpoint folder: its strategy reads and checks it
-        return
-    check_readable(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no need to read it all
-    except Exception as e:
-        raise load_error(path, e) from None
+    sharded, fsdp = path.is_dir(), _resumes_sharded(config)
+    if sharded and fsdp is False:
+        raise LitGPTError(sharded_without_fsdp(path))
+    if not sharded and fsdp is True:
+        raise LitGPTError(single_file_under_fsdp(path))
+    if sharded:
+        ckpt = check_sharded(path)  # every shard whole, meta.pt plain data
+    else:
+        check_readable(path)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no need to read it all
+        except Exception as e:
+            raise load_error(path, e) from None
     saved = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if saved is None or "model_config" not in saved:
         raise LitGPTError(f"{str(path)!r} is not a lit-gpt checkpoint (it has no '{CHECKPOINT_KEY}' section)")
     shape = config.get("model", {}).get("config") if hasattr(config.get("model", {}), "get") else None
     if shape is None:
         return
+    # A sharded resume reads the weights before the LightningModule can compare the block's layout: check it too.
+    fields = SHAPE_FIELDS + BLOCK_FIELDS if sharded else SHAPE_FIELDS
+    try:
+        saved_config = GPTConfig(**saved["model_config"])  # the defaults fill fields older checkpoints lack
+    except (TypeError, ValueError) as e:
+        raise LitGPTError(f"{str(path)!r} has an unreadable model config ({e}); use an earlier checkpoint") from None
     diff = [
-        f"{k} is {saved['model_config'].get(k)} in the checkpoint but {getattr(shape, k, None)} here"
-        for k in SHAPE_FIELDS
-        if getattr(shape, k, None) is not None and saved["model_config"].get(k) != getattr(shape, k)
+        f"{k} is {getattr(saved_config, k)} in the checkpoint but {getattr(shape, k, None)} here"
+        for k in fields
+        if getattr(shape, k, None) is not None and getattr(saved_config, k) != getattr(shape, k)
     ]
     if diff:
         raise LitGPTError(
             f"the checkpoint {str(path)!r} has another model shape: {', '.join(diff)}; "
             "resume with the config it was trained with"
         )
+
+
+def _resumes_sharded(config: Any) -> bool | None:
+    """Whether the configured strategy resumes from sharded folders (FSDP2) or from files; None when unknown (e.g.
+    Lightning's FSDP1 or DeepSpeed, which write either)."""
+    trainer = config.get("trainer") if hasattr(config, "get") else None
+    if not hasattr(trainer, "get"):
+        return None
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, FSDP2Strategy):
+        return bool(strategy._save_distributed_checkpoint)
+    if isinstance(strategy, str):
+        name = strategy.lower()
+        if name in ("fsdp", FSDP2):  # the CLI maps "fsdp" to FSDP2
+            return True
+        return False if name == "auto" or name.startswith(("ddp", "single_", "dp")) else None
+    class_path = str(strategy.get("class_path", "") if hasattr(strategy, "get") else type(strategy).__name__)
+    if class_path.rsplit(".", 1)[-1] in ("FSDP2Strategy", "ModelParallelStrategy"):
+        init_args = strategy.get("init_args") if hasattr(strategy, "get") else None
+        return bool((init_args or {}).get("save_distributed_checkpoint", True))
+    return False if class_path.rsplit(".", 1)[-1].startswith(("DDP", "SingleDevice")) else None
