@@ -40,9 +40,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per generation sample")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     args, extra = parser.parse_known_args()
-    device = "cuda" if torch.cuda.is_available() and "cpu" not in " ".join(extra) else "cpu"
-    lines = ["Training:", "", *bench_train.measure(args.config, args.steps, args.rounds, extra), "", "Generation:", ""]
+    training, trained_on = bench_train.measure(args.config, args.steps, args.rounds, extra)
+    device = trained_on.type  # where the config trained (its YAML or the command line chose); generation too
+    lines = ["Training:", "", *training, "", "Generation:", ""]
     lines += bench_generate.bench(args.tokens, device, args.rounds)
+    lines += [
+        "",
+        f"{args.tokens} new tokens per sample, batch 1, top-k 200, median of {args.rounds} interleaved rounds.",
+    ]
     lines += ["", peak_memory_line(device)]
     print("\n".join(lines))
     if args.write:

@@ -123,8 +123,9 @@ def plain_loop(trainer, pl_module, compile: bool):
         yield time.perf_counter() - start
 
 
-def measure(config: str, steps: int, rounds: int, extra: list[str]) -> list[str]:
-    """Markdown lines: the Trainer's and the plain loop's ms/step and tokens/s, their ratio, and MFU."""
+def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[list[str], torch.device]:
+    """Markdown lines: the Trainer's and the plain loop's ms/step and tokens/s, their ratio, and MFU; and the device
+    the config trained on."""
     os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
     warm = max(1, steps // 10)
     lit_times: list[float] = []
@@ -166,7 +167,7 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> list[str]
             f"- model FLOPs {achieved / 1e9:,.0f} GFLOP/s = **MFU {achieved / peak:.1%}** of {peak / 1e9:,.0f} GFLOP/s "
             f"({'a matmul measured in this run' if device.type == 'cpu' else 'spec sheet'}, {dtype})"
         )
-    return lines
+    return lines, device
 
 
 def main() -> None:
@@ -176,7 +177,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of plain loop and Trainer")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     args, extra = parser.parse_known_args()
-    lines = measure(args.config, args.steps, args.rounds, extra)
+    lines, _ = measure(args.config, args.steps, args.rounds, extra)
     print("\n".join(lines))
     if args.write:
         when = datetime.date.today().isoformat()
