@@ -29,6 +29,9 @@ def test_top_k_and_top_p_only_sample_the_allowed_tokens():
     assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {0, 1}
     # nucleus 0.85: the smallest prefix reaching 85% is {0, 1, 2} (0.5 + 0.3 + 0.1)
     assert set(sample_next(logits, top_p=0.85, generator=g).tolist()) == {0, 1, 2}
+    # a prefix whose mass is exactly top_p is enough: {0} alone for 0.5 (as Hugging Face's top-p keeps it)
+    halves = torch.log(torch.tensor([[0.5, 0.25, 0.25]])).repeat(2000, 1)
+    assert set(sample_next(halves, top_p=0.5, generator=g).tolist()) == {0}
     assert set(sample_next(logits, temperature=0).tolist()) == {0}
     # top_p=1 and no top_k: every token can come up
     assert set(sample_next(logits, generator=g).tolist()) == {0, 1, 2, 3, 4}
