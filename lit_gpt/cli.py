@@ -267,8 +267,11 @@ def generate(
         num_samples: Independent samples to print.
         seed: Random seed, so a sample can be reproduced.
         device: 'cpu', 'cuda', or 'auto' (CUDA when available).
-        use_cache: Decode with the KV cache (much faster; the output distribution is the same).
-        compile: torch.compile the model first.
+        use_cache: Decode with the KV cache (much faster). Within block_size the output is the same as without it;
+            past block_size the cache slides by a quarter block, so each token sees 3/4 to all of the last
+            block_size tokens instead of always all of them.
+        compile: torch.compile the model first. Compiling takes tens of seconds on a CPU (the prompt, single tokens
+            and the window slide each compile once), counted in the tokens/s printed: worth it for long samples.
     """
     problems = []
     if max_new_tokens < 0:

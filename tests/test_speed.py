@@ -92,6 +92,16 @@ def test_a_compiled_model_saves_the_same_keys():
     assert not any("_orig_mod" in k for k in compiled)
 
 
+def test_compile_true_compiles_the_model_in_place():
+    # The keys test above would pass if compile were silently dropped: check the model really runs compiled.
+    module = LitGPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8), compile=True)
+    module.configure_model()
+    assert module.model._compiled_call_impl is not None
+    plain = LitGPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    plain.configure_model()
+    assert plain.model._compiled_call_impl is None
+
+
 def test_profiler_switch_writes_a_trace(tmp_path, corpus):
     r = run_cli(
         "fit", "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY,
