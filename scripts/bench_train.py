@@ -1,6 +1,8 @@
 """Training speed of a config: ms/step and tokens/s through Lightning's Trainer, and the same model, batches and
 optimizer stepped by a plain PyTorch loop (nanoGPT's ``train.py`` loop), interleaved in one process (blocks of 10 steps
-of each, in turn) so the ratio is fair on a noisy machine.
+of each, in turn) so the ratio is fair on a noisy machine. For a GPT-2 block, nanoGPT's own model and optimizer
+(``scripts/nanogpt_reference.py``) are stepped in the same blocks too: the comparison with nanoGPT from one run,
+not against a figure measured on another machine.
 
     python scripts/bench_train.py --config configs/shakespeare_char_cpu.yaml --steps 200 [--write]
 
@@ -26,10 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import nanogpt_reference  # noqa: E402
 from benchmarks_doc import write_section  # noqa: E402
 
 from lit_gpt.cli import fit_cli  # noqa: E402
 from lit_gpt.flops import peak_flops  # noqa: E402
+from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 from lit_gpt.optim import configure_adamw, warmup_cosine  # noqa: E402
 
 
@@ -47,13 +51,16 @@ class Interleaved(L.Callback):
         self.lit: list[float] = []
         self.plain: list[float] = []
         self.eager: list[float] = []  # with --model.compile: an uncompiled plain loop too, for compile's gain
+        self.nanogpt: list[float] = []  # nanoGPT's model and optimizer, uncompiled (its CPU default)
         self._last: float | None = None
-        self._plain_steps = self._eager_steps = None
+        self._plain_steps = self._eager_steps = self._nanogpt_steps = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._plain_steps = plain_loop(trainer, pl_module, pl_module.hparams.compile)
         if pl_module.hparams.compile:
             self._eager_steps = plain_loop(trainer, pl_module, compile=False)
+        if nanogpt_can_run(pl_module.model.config):
+            self._nanogpt_steps = plain_loop(trainer, pl_module, compile=False, nanogpt=True)
         self._count = 0
 
     def on_train_batch_end(self, trainer, *args) -> None:
@@ -68,6 +75,8 @@ class Interleaved(L.Callback):
             self.plain += times[1:]
             if self._eager_steps is not None:
                 self.eager += [next(self._eager_steps) for _ in range(self.block)][1:]
+            if self._nanogpt_steps is not None:
+                self.nanogpt += [next(self._nanogpt_steps) for _ in range(self.block)][1:]
         self._last = time.perf_counter()
 
 
@@ -84,19 +93,35 @@ def lightning_steps(config: str, steps: int, extra: list[str], workdir: str) -> 
     return timer, cli
 
 
-def plain_loop(trainer, pl_module, compile: bool):
-    """nanoGPT's loop: same model class, batches, optimizer, schedule and clipping; no Trainer. Yields the wall
-    time of each optimizer step."""
-    from lit_gpt.model import GPT
+def nanogpt_can_run(config) -> bool:
+    """nanoGPT's model has GPT-2's block only (and ties its output layer)."""
+    default = GPTConfig(vocab_size=config.vocab_size)
+    block = ("bigram", "residual", "projections", "norm", "mlp", "mlp_hidden", "tie_weights", "position", "qk_norm")
+    return all(getattr(config, f) == getattr(default, f) for f in block)
 
+
+def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False):
+    """nanoGPT's loop: same model class, batches, optimizer, schedule and clipping; no Trainer. Yields the wall
+    time of each optimizer step. ``nanogpt``: nanoGPT's own model and ``configure_optimizers`` instead of
+    lit-gpt's (same shape, weights, batches, schedule and clipping)."""
     with torch.random.fork_rng():  # the Trainer's run draws the same random numbers as without this benchmark
         torch.manual_seed(1337)
         device = trainer.strategy.root_device
         model = GPT(pl_module.model.config).to(device)
     hp = pl_module.hparams
-    if compile:
-        model.compile()
-    optimizer = configure_adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
+    if nanogpt:
+        c = pl_module.model.config
+        shape = {
+            k: getattr(c, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+        }
+        reference = nanogpt_reference.GPT(nanogpt_reference.GPTConfig(**shape)).to(device)
+        reference.load_state_dict(model.state_dict())
+        model = reference
+        optimizer = model.configure_optimizers(hp.weight_decay, hp.learning_rate, (hp.beta1, hp.beta2), device.type)
+    else:
+        if compile:
+            model.compile()
+        optimizer = configure_adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
     decay = hp.lr_decay_steps or trainer.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, hp.warmup_steps, decay, hp.min_lr / hp.learning_rate)
@@ -131,12 +156,14 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
     lit_times: list[float] = []
     plain_times: list[float] = []
     eager_times: list[float] = []
+    nanogpt_times: list[float] = []
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(rounds):
             timer, cli = lightning_steps(config, steps, extra, workdir)
             lit_times += timer.lit[warm:]
             plain_times += timer.plain[warm:]
             eager_times += timer.eager[warm:]
+            nanogpt_times += timer.nanogpt[warm:]
     tokens = cli.datamodule.batch_size * cli.datamodule.block_size * cli.trainer.accumulate_grad_batches
     lit_ms, plain_ms = statistics.median(lit_times) * 1e3, statistics.median(plain_times) * 1e3
     lines = [
@@ -157,6 +184,14 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
             f"{tokens / eager_ms * 1e3:,.0f} tokens/s",
             f"- compiled Trainer over uncompiled plain loop: **{eager_ms / lit_ms:.3f}x** tokens/s "
             f"(compile alone, plain loops: {eager_ms / plain_ms:.3f}x)",
+        ]
+    if nanogpt_times:
+        nano_ms = statistics.median(nanogpt_times) * 1e3
+        lines += [
+            f"- nanoGPT's own model and optimizer (`scripts/nanogpt_reference.py`: its `model.py` and "
+            f"`configure_optimizers`, uncompiled), same shape, weights, batches and schedule, in the same blocks: "
+            f"{nano_ms:.1f} ms/step, {tokens / nano_ms * 1e3:,.0f} tokens/s",
+            f"- lit-gpt through the Trainer over nanoGPT, tokens/s, this run: **{nano_ms / lit_ms:.2f}x**",
         ]
     device = cli.trainer.strategy.root_device
     dtype = torch.bfloat16 if "bf16" in str(cli.trainer.precision) else torch.float32

@@ -28,6 +28,12 @@ def test_bench_train_times_the_trainer_and_the_plain_loop_in_one_run(tmp_path, c
     assert abs(float(ratio.group(1)) - lit_ms / plain_ms) < 0.05  # the ratio of the medians shown (rounded)
     assert 0.5 < lit_ms / plain_ms < 3  # the same work both ways: a broken timer lands far outside
     assert "MFU" in r.stdout
+    # nanoGPT's own model and optimizer, timed in the same blocks: the comparison with nanoGPT from one run
+    nano = re.search(r"nanoGPT's own model and optimizer.*?: ([\d.]+) ms/step", r.stdout)
+    versus = re.search(r"lit-gpt through the Trainer over nanoGPT, tokens/s, this run: \*\*([\d.]+)x\*\*", r.stdout)
+    assert nano and versus, r.stdout
+    assert abs(float(versus.group(1)) - float(nano.group(1)) / lit_ms) < 0.01
+    assert 0.3 < float(versus.group(1)) < 3
 
 
 def test_a_benchmark_replaces_its_own_section_and_keeps_the_others(tmp_path, monkeypatch):

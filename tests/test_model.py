@@ -1,12 +1,15 @@
 import math
+import sys
 
-import nanogpt_reference
 import pytest
 import torch
-from conftest import assert_cached_logits_equal_full_forward
+from conftest import ROOT, assert_cached_logits_equal_full_forward
 
 from lit_gpt.generate import generate_tokens
 from lit_gpt.model import GPT, GPTConfig
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import nanogpt_reference  # noqa: E402  (nanoGPT's model.py; scripts/bench_train.py times it)
 
 
 def tiny(**kw) -> GPT:
@@ -35,11 +38,11 @@ def test_parameter_names_and_shapes_are_nanogpts():
     assert no_bias == set()
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_a_nanogpt_checkpoint_loads_strictly_and_gives_nanogpts_logits_and_loss(bias):
+@pytest.mark.parametrize("bias,flash", [(True, False), (False, False), (True, True)])
+def test_a_nanogpt_checkpoint_loads_strictly_and_gives_nanogpts_logits_and_loss(bias, flash):
     torch.manual_seed(0)
     shape = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=bias)
-    theirs = nanogpt_reference.GPT(nanogpt_reference.GPTConfig(**shape)).eval()
+    theirs = nanogpt_reference.GPT(nanogpt_reference.GPTConfig(**shape, flash=flash)).eval()
     for p in theirs.parameters():  # away from the init (LayerNorm gains of 1, zero biases), so every weight counts
         torch.nn.init.normal_(p, std=0.2)
     ours = GPT(GPTConfig(**shape)).eval()

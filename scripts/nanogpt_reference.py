@@ -1,6 +1,7 @@
 """nanoGPT's ``model.py`` (Karpathy, MIT licence), its modules and forward pass as written there, trimmed of
-training helpers. The reference for "lit-gpt's model is nanoGPT's": a nanoGPT checkpoint must load into lit-gpt's
-GPT with ``strict=True`` and give the same logits (tests/test_model.py)."""
+generation, and its ``configure_optimizers``. Two uses: the reference for "lit-gpt's model is nanoGPT's" (a nanoGPT
+checkpoint must load into lit-gpt's GPT with ``strict=True`` and give the same logits, tests/test_model.py), and
+nanoGPT's step timed in the same run as lit-gpt's (scripts/bench_train.py)."""
 
 import math
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.flash = config.flash
 
     def forward(self, x):
         B, T, C = x.size()
@@ -40,7 +42,13 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # nanoGPT's slow path (no flash attention), the explicit formula: an independent check of SDPA's use
+        if self.flash:  # what nanoGPT runs on torch >= 2.0
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True
+            )
+            y = y.transpose(1, 2).contiguous().view(B, T, C)
+            return self.resid_dropout(self.c_proj(y))
+        # nanoGPT's slow path, the explicit formula: the tests use it as an independent check of lit-gpt's SDPA call
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device))
         att = att.masked_fill(~mask, float("-inf"))
@@ -86,6 +94,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    flash: bool = True  # nanoGPT takes SDPA whenever torch has it; False: its explicit-softmax path
 
 
 class GPT(nn.Module):
@@ -120,3 +129,12 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])  # inference: only the last position
             loss = None
         return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # nanoGPT's: decay the 2D parameters only; the fused AdamW kernel on CUDA only
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
