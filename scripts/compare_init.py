@@ -37,7 +37,8 @@ def mean_sd(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    shared = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # the anchors' corpus, when it is beside us
+    parser.add_argument("--source", default=str(shared) if shared.exists() else "tinyshakespeare")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     parser.add_argument("--out", default=str(ROOT / "docs" / "init.md"))
     args, extra = parser.parse_known_args()
