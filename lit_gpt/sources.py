@@ -217,6 +217,11 @@ class Source:
         msg = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         if not msg:
             msg = "it holds no rows" if isinstance(cause, StopIteration) else type(cause).__name__
+        if self.kind == "hub" and ("Couldn't reach" in msg or "LocalEntryNotFound" in msg or "onnection" in msg):
+            msg += (
+                ": check the network, or load it once on a machine with network and copy its cache (data/hf) here, "
+                "then run with HF_DATASETS_OFFLINE=1"
+            )
         return LitGPTError(f"could not load {what} {self.spec!r}: {msg}")
 
     def rows(self, stream: Any) -> Iterator[dict[str, Any]]:

@@ -172,3 +172,10 @@ def test_the_next_prepare_removes_a_killed_prepares_temporary_folder_but_no_live
         live.kill()
         live.wait()
     assert (out / "meta.json").exists() and os.listdir(working) == []
+
+
+def test_a_hub_dataset_offline_says_what_to_do(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # no network here: as a machine without one sees it
+    r = run_cli("prepare", "--data.source", "hf:someone/some-dataset", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "could not load dataset 'hf:someone/some-dataset'" in r.stderr and "check the network" in r.stderr
