@@ -76,6 +76,12 @@ def _said_by_my_rank_zero(marker: Path, message: str) -> bool:
     return same_job and said.get("message") == message
 
 
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message``: what went wrong, short enough for a one-line error."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def report_rank_zero(message: str, prefix: str = "lit-gpt") -> None:
     """Print ``prefix: message`` on stderr from global rank 0 only: for an outcome every rank reaches together (a
     preemption: all ranks stop at the same step), whose wording may differ per rank (only rank 0 requeues a job)."""

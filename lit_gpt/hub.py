@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lit_gpt.errors import LitGPTError
+from lit_gpt.errors import LitGPTError, first_line
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # as in nanoGPT's sample.py / train.py
 CONFIG_FILES = ["config.json", "tokenizer.json", "vocab.json", "merges.txt"]
@@ -50,7 +50,7 @@ def _download(repo: str, revision: str | None) -> Path:
             folder = Path(snapshot_download(repo, revision=revision, allow_patterns=["pytorch_model.bin"]))
     except (HFValidationError, RepositoryNotFoundError) as e:
         raise LitGPTError(
-            f"{where!r} is not a model on the Hugging Face Hub ({_first_line(e)}); give a repository id such as "
+            f"{where!r} is not a model on the Hugging Face Hub ({first_line(e)}); give a repository id such as "
             f"hf:openai-community/gpt2, one of {', '.join(GPT2_NAMES)}, or a local path"
         ) from None
     except RevisionNotFoundError:
@@ -60,13 +60,8 @@ def _download(repo: str, revision: str | None) -> Path:
     except Exception as e:  # no network and nothing cached, a proxy, a full disk...
         raise LitGPTError(
             f"could not download {where!r} from the Hugging Face Hub and it is not in the local cache "
-            f"({_first_line(e)}): check the network, or download the folder on another machine and give its path"
+            f"({first_line(e)}): check the network, or download the folder on another machine and give its path"
         ) from None
     if not (folder / "config.json").is_file():
         raise LitGPTError(f"the Hugging Face Hub repository {where!r} has no config.json: it is not a GPT-2 model")
     return folder
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from lit_gpt.errors import LitGPTError
+from lit_gpt.errors import LitGPTError, first_line
 from lit_gpt.hub import hub_repo, resolve
 from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
@@ -121,7 +121,7 @@ def _read_json(file: Path, fix: str) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 (a half-written or overwritten file)
-        raise LitGPTError(f"{file} is damaged ({_first_line(e)}): {fix}") from None
+        raise LitGPTError(f"{file} is damaged ({first_line(e)}): {fix}") from None
     if not isinstance(data, dict):
         raise LitGPTError(f"{file} is damaged (it holds a JSON {type(data).__name__}, not an object): {fix}")
     return data
@@ -133,7 +133,7 @@ def _config(fields_: Any, where: str, fix: str) -> GPTConfig:
     try:
         return GPTConfig(**fields_)
     except (TypeError, ValueError) as e:  # an unknown key (a newer lit-gpt?) or a bad value
-        raise LitGPTError(f"{where} holds a model config lit-gpt cannot build ({_first_line(e)}): {fix}") from None
+        raise LitGPTError(f"{where} holds a model config lit-gpt cannot build ({first_line(e)}): {fix}") from None
 
 
 def _tokenizer(saved: Any, where: str, fix: str) -> Tokenizer | None:
@@ -142,12 +142,7 @@ def _tokenizer(saved: Any, where: str, fix: str) -> Tokenizer | None:
     try:
         return Tokenizer.from_dict(saved)
     except (KeyError, TypeError, ValueError) as e:
-        raise LitGPTError(f"{where} holds a tokenizer lit-gpt cannot read ({_first_line(e)}): {fix}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+        raise LitGPTError(f"{where} holds a tokenizer lit-gpt cannot read ({first_line(e)}): {fix}") from None
 
 
 def _read_hf(folder: Path) -> Pretrained:
@@ -198,7 +193,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(file)
         except (SafetensorError, OSError) as e:  # cut short (an interrupted copy or download), or overwritten
-            raise LitGPTError(f"{file} is damaged or incomplete ({_first_line(e)}): {_fix(folder)}") from None
+            raise LitGPTError(f"{file} is damaged or incomplete ({first_line(e)}): {_fix(folder)}") from None
 
     if (folder / "model.safetensors").is_file():
         return load(folder / "model.safetensors")

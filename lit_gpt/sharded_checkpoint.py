@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from lit_gpt.checkpoint_io import TMP_MARK, _fsync_dir, _pid_alive, check_readable, load_error
-from lit_gpt.errors import LitGPTError
+from lit_gpt.errors import LitGPTError, first_line
 
 DCP_METADATA = ".metadata"  # written by torch.distributed.checkpoint; marks a sharded checkpoint folder
 META_FILE = "meta.pt"  # Lightning's non-tensor part of the checkpoint, written last (so it marks a complete save)
@@ -256,8 +256,7 @@ def first_failure(error: BaseException) -> str:
     failures = getattr(error, "failures", None)
     if isinstance(failures, dict) and failures:
         error = next(iter(failures.values()))[0]
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return first_line(error)
 
 
 def _plain(value: Any) -> Any:
