@@ -182,7 +182,7 @@ def main() -> None:
         mem = f"{memory:.1f} GiB" if memory is not None else "n/a"
         shape = f"{batch} x {config.block_size} x {args.accumulate}"
         lines.append(
-            f"| {shape} | {compile or 'off'} | {attention} | {chunk or 'off'} | {ms:.1f} | {tps:,.0f} "
+            f"| {shape} | {compile or 'off'} | {attention} | {chunk or 'off'} | {ms:.2f} | {tps:,.0f} "
             f"| {flops / 1e12:.1f} | {mfu} | {mem} |"
         )
         print(lines[-1], flush=True)

@@ -170,17 +170,17 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
         f"- config `{Path(config).name}` {' '.join(extra)}: {tokens} tokens/step, "
         f"{sum(p.numel() for p in cli.model.model.parameters()) / 1e6:.2f}M parameters, "
         f"precision {cli.trainer.precision}, device {cli.trainer.strategy.root_device}",
-        f"- Lightning Trainer: **{lit_ms:.1f} ms/step, {tokens / lit_ms * 1e3:,.0f} tokens/s** (median of "
+        f"- Lightning Trainer: **{lit_ms:.2f} ms/step, {tokens / lit_ms * 1e3:,.0f} tokens/s** (median of "
         f"{len(lit_times)} steps after warm-up)",
         f"- plain PyTorch loop, same model/batches/optimizer, run in blocks of 10 steps between the Trainer's: "
-        f"{plain_ms:.1f} ms/step, {tokens / plain_ms * 1e3:,.0f} tokens/s",
+        f"{plain_ms:.2f} ms/step, {tokens / plain_ms * 1e3:,.0f} tokens/s",
         f"- Trainer / plain loop step time: **{lit_ms / plain_ms:.3f}x** "
         f"({(lit_ms / plain_ms - 1) * 100:+.1f}% overhead)",
     ]
     if eager_times:
         eager_ms = statistics.median(eager_times) * 1e3
         lines += [
-            f"- the same plain loop uncompiled, in the same blocks: {eager_ms:.1f} ms/step, "
+            f"- the same plain loop uncompiled, in the same blocks: {eager_ms:.2f} ms/step, "
             f"{tokens / eager_ms * 1e3:,.0f} tokens/s",
             f"- compiled Trainer over uncompiled plain loop: **{eager_ms / lit_ms:.3f}x** tokens/s "
             f"(compile alone, plain loops: {eager_ms / plain_ms:.3f}x)",
@@ -190,7 +190,7 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
         lines += [
             f"- nanoGPT's own model and optimizer (`scripts/nanogpt_reference.py`: its `model.py` and "
             f"`configure_optimizers`, uncompiled), same shape, weights, batches and schedule, in the same blocks: "
-            f"{nano_ms:.1f} ms/step, {tokens / nano_ms * 1e3:,.0f} tokens/s",
+            f"{nano_ms:.2f} ms/step, {tokens / nano_ms * 1e3:,.0f} tokens/s",
             f"- lit-gpt through the Trainer over nanoGPT, tokens/s, this run: **{nano_ms / lit_ms:.2f}x**",
         ]
     device = cli.trainer.strategy.root_device
