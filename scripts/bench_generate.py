@@ -1,7 +1,7 @@
 """Generation speed: new tokens/s for 500 tokens with and without the KV cache, and time to first token, for the
 model shapes of the two Shakespeare configs, interleaved in one process.
 
-    python scripts/bench_generate.py [--tokens 500] [--device cpu] [--write]
+    python scripts/bench_generate.py [--tokens 500] [--device cpu] [--no-compile] [--write]
 
 Without the cache, every step re-reads the last block_size tokens: that is nanoGPT's ``generate`` algorithm, run by
 lit-gpt's model; nanoGPT's own ``generate`` and model (``scripts/nanogpt_reference.py``) run in the same rounds, the
@@ -16,6 +16,8 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,7 +37,7 @@ SHAPES = {
 }
 
 
-def time_generation(model: GPT, tokens: int, use_cache: bool, device: str, compile: bool = False) -> dict[str, float]:
+def time_generation(model: GPT, tokens: int, use_cache: bool, device: str) -> dict[str, float]:
     """Tokens/s and time to first token for one 500-token sample from a one-token prompt."""
     idx = torch.zeros((1, 1), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -54,8 +56,6 @@ def time_nanogpt(model: nanogpt_reference.GPT, tokens: int, device: str) -> dict
 
 
 def timed(stream, tokens: int, device: str) -> dict[str, float]:
-    import time
-
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -69,34 +69,53 @@ def timed(stream, tokens: int, device: str) -> dict[str, float]:
     return {"tokens_per_sec": tokens / elapsed, "ttft_ms": first * 1e3}
 
 
-def bench(tokens: int, device: str, rounds: int) -> list[str]:
+def bench(tokens: int, device: str, rounds: int, compile: bool) -> tuple[list[str], dict[str, float]]:
+    """The table's lines, and each model's compile time (the first, untimed sample of the compiled model)."""
     lines = [
         "| model | KV cache | tokens/s | time to first token | over nanoGPT's own, this run |",
         "|---|---|---|---|---|",
     ]
+    compile_seconds = {}
     for name, shape in SHAPES.items():
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=65, dropout=0.0, bias=False, **shape)).to(device).eval()
+        config = GPTConfig(vocab_size=65, dropout=0.0, bias=False, **shape)
+        model = GPT(config).to(device).eval()
         theirs = nanogpt_reference.GPT(nanogpt_reference.GPTConfig(vocab_size=65, bias=False, **shape)).to(device)
         theirs.load_state_dict(model.state_dict())
         theirs.eval()
-        results: dict[str, list[dict[str, float]]] = {"cache": [], "no cache": [], "nanoGPT": []}
+        runs = {"cache": (model, True), "no cache": (model, False)}
+        if compile:  # `lit-gpt generate --compile`: a second copy, so the eager rows stay eager
+            compiled = GPT(config).to(device).eval()
+            compiled.load_state_dict(model.state_dict())
+            compiled.compile()
+            start = time.perf_counter()
+            time_generation(compiled, tokens, True, device)  # compiles the prompt, one-token and slide steps
+            compile_seconds[name] = time.perf_counter() - start
+            runs["cache, compiled"] = (compiled, True)
+        results: dict[str, list[dict[str, float]]] = {c: [] for c in [*runs, "nanoGPT"]}
         time_generation(model, 20, True, device)  # warm-up: allocator, thread pool
         for _ in range(rounds):  # interleaved, so all see the same machine
-            results["cache"].append(time_generation(model, tokens, True, device))
-            results["no cache"].append(time_generation(model, tokens, False, device))
+            for c, (m, use_cache) in runs.items():
+                results[c].append(time_generation(m, tokens, use_cache, device))
             results["nanoGPT"].append(time_nanogpt(theirs, tokens, device))
         med = {
             c: {k: statistics.median(r[k] for r in results[c]) for k in ("tokens_per_sec", "ttft_ms")} for c in results
         }
-        labels = {"cache": "yes", "no cache": "no (nanoGPT's algorithm)", "nanoGPT": "nanoGPT's own `generate`"}
+        labels = {
+            "cache": "yes",
+            "cache, compiled": "yes, `--compile`",
+            "no cache": "no (nanoGPT's algorithm)",
+            "nanoGPT": "nanoGPT's own `generate`",
+        }
         for c, label in labels.items():
+            if c not in med:
+                continue
             speedup = med["nanoGPT"]["tokens_per_sec"] / med[c]["tokens_per_sec"]
             lines.append(
                 f"| {name} | {label} | {med[c]['tokens_per_sec']:,.0f} | {med[c]['ttft_ms']:.1f} ms | "
                 f"{f'**{1 / speedup:.1f}x**' if c != 'nanoGPT' else ''} |"
             )
-    return lines
+    return lines, compile_seconds
 
 
 def main() -> None:
@@ -104,11 +123,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True, help="also time a compiled model"
+    )
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     args = parser.parse_args()
-    lines = bench(args.tokens, args.device, args.rounds)
+    with tempfile.TemporaryDirectory() as cold:  # compile times as a fresh install sees them, not from a warm cache
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold
+        lines, compile_seconds = bench(args.tokens, args.device, args.rounds, args.compile)
     lines.append("")
     lines.append(f"{args.tokens} new tokens, batch 1, top-k 200, median of {args.rounds} interleaved rounds.")
+    if compile_seconds:
+        spent = ", ".join(f"{s:.0f} s ({name.split(' ')[0]})" for name, s in compile_seconds.items())
+        lines.append(
+            f"Compiling is not in the tokens/s: the first sample of the compiled model took {spent}, "
+            "from an empty compile cache."
+        )
     print("\n".join(lines))
     if args.write:
         machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.device}"

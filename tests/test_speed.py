@@ -23,6 +23,22 @@ def test_batched_cached_generation_equals_uncached():
     assert not torch.equal(cached[0], cached[1])
 
 
+def test_decoding_switches_onednn_off_only_while_the_model_runs():
+    # generate_tokens runs the model on ATen's elementwise kernels (oneDNN's GELU is slow on one token); the
+    # caller's setting must be back between tokens, after the last one, and after a sample stopped early.
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    tokens = generate_tokens(model, torch.zeros((1, 1), dtype=torch.long), 12)  # slides the window too
+    for _ in tokens:
+        assert torch.backends.mkldnn.enabled
+    assert seen and not any(seen) and torch.backends.mkldnn.enabled
+    early = generate_tokens(model, torch.zeros((1, 1), dtype=torch.long), 12)
+    next(early)
+    early.close()
+    assert torch.backends.mkldnn.enabled
+
+
 def test_top_k_and_top_p_only_sample_the_allowed_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])).repeat(2000, 1)
     g = torch.Generator().manual_seed(0)
