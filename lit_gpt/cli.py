@@ -35,6 +35,7 @@ from lit_gpt.generate import stream
 from lit_gpt.init_from import prepare_init_from
 from lit_gpt.lightning_module import LitGPT
 from lit_gpt.loss_guard import LossGuard
+from lit_gpt.malloc import reuse_freed_memory
 from lit_gpt.parallel import FSDP2, GlobalBatch
 from lit_gpt.prepare import prepare_cli
 from lit_gpt.resume import ExactResume, RunCheckpoint, check_ckpt_path, preemption_report, prepare_run
@@ -221,6 +222,7 @@ def _trainer_defaults() -> dict:
 
 
 def fit_cli(args: list[str] | None = None, run: bool = True) -> LitGPTCLI:
+    reuse_freed_memory()  # for scripts that train through here without main(): a step's speed as `lit-gpt fit` has it
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # main() passes argv on purpose
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # Lightning vs torch 2.13, harmless
     # Our loaders slice memory-mapped tokens in-process (workers would only add copies), and val/loss is a
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    reuse_freed_memory()  # no page faults for each step's activations on a CPU (lit_gpt/malloc.py)
     try:
         if argv and argv[0] == "prepare":  # reads the data: section of a whole fit config: its own parser
             prepare_cli(argv[1:])
