@@ -1,5 +1,5 @@
-"""What lit_gpt/malloc.py's glibc thresholds do to a CPU training step: ms/step and page faults per step, with and
-without them, in alternating processes (a process's malloc settings are its own, so the two arms cannot share one).
+"""What lit_gpt/malloc.py's glibc thresholds do to a CPU training step: ms/step, page faults per step and peak RSS,
+with and without them, in alternating processes (a process's malloc settings are its own: two arms cannot share one).
 
     python scripts/bench_malloc.py [--steps 150] [--rounds 5] [--write]
 
@@ -55,7 +55,8 @@ def arm(steps: int, reuse: bool) -> dict[str, float]:
         loss.item()
         times.append(time.perf_counter() - start)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
-    return {"ms": statistics.median(times[20:]) * 1e3, "faults": faults, "applied": applied}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+    return {"ms": statistics.median(times[20:]) * 1e3, "faults": faults, "peak": peak, "applied": applied}
 
 
 def main() -> None:
@@ -76,13 +77,17 @@ def main() -> None:
             results[name].append(json.loads(out.splitlines()[-1]))
     if not all(r["applied"] for r in results["reuse"]):
         raise SystemExit("the thresholds were not set (not glibc, or MALLOC_* / LD_PRELOAD set): nothing to compare")
-    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("ms", "faults")} for n, rs in results.items()}
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("ms", "faults", "peak")} for n, rs in results.items()}
     lines = [
-        "| glibc malloc | ms/step | page faults/step |",
-        "|---|---|---|",
-        f"| its defaults (nanoGPT, any plain PyTorch script) | {med['default']['ms']:.2f} | "
-        f"{med['default']['faults']:,.0f} |",
-        f"| lit-gpt's thresholds (`lit_gpt/malloc.py`) | {med['reuse']['ms']:.2f} | {med['reuse']['faults']:,.0f} |",
+        "| glibc malloc | ms/step | page faults/step | peak RSS |",
+        "|---|---|---|---|",
+        *(
+            f"| {label} | {med[n]['ms']:.2f} | {med[n]['faults']:,.0f} | {med[n]['peak']:,.0f} MiB |"
+            for n, label in (
+                ("default", "its defaults (nanoGPT, any plain PyTorch script)"),
+                ("reuse", "lit-gpt's thresholds (`lit_gpt/malloc.py`)"),
+            )
+        ),
         "",
         f"Steps **{med['default']['ms'] / med['reuse']['ms']:.3f}x** as fast; CPU config's model, plain loop, "
         f"median of {args.steps} steps per process, {args.rounds} alternating rounds.",
