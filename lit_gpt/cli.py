@@ -9,6 +9,7 @@ traceback instead.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -221,6 +222,10 @@ def _trainer_defaults() -> dict:
     }
 
 
+def _drop_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 def fit_cli(args: list[str] | None = None, run: bool = True) -> LitGPTCLI:
     reuse_freed_memory()  # for scripts that train through here without main(): a step's speed as `lit-gpt fit` has it
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # main() passes argv on purpose
@@ -229,6 +234,8 @@ def fit_cli(args: list[str] | None = None, run: bool = True) -> LitGPTCLI:
     # torchmetrics metric already reduced over ranks: Lightning's advice on both does not apply.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    # Lightning's adverts for its cloud services (litlogger, litmodels) on every run: not advice about this run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_tips)
     return LitGPTCLI(
         LitGPT,
         TextDataModule,

@@ -39,7 +39,7 @@ def step_seconds(cwd: Path, name: str, batch: int, threads: int, steps: int, ext
         "--sample.max_new_tokens", "0", "--throughput.measure_cpu_peak", "false",
         "--trainer.logger.init_args.save_dir", str(cwd / "runs"), "--trainer.logger.init_args.name", name, *extra,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "LIGHTNING_DISABLE_TIPS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     r = subprocess.run([sys.executable, "-m", "lit_gpt.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{name} failed:\n{r.stderr[-3000:]}")

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import datetime
 import itertools
-import os
 import platform
 import statistics
 import sys
@@ -149,7 +148,6 @@ def main() -> None:
     attentions = args.attention.split(",")
     if bad := [a for a in attentions if a not in ATTENTION]:
         parser.error(f"--attention {','.join(bad)}: choose from {', '.join(ATTENTION)}")
-    os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # as lit-gpt's CLI does
     config = TINY if args.tiny else GPT2

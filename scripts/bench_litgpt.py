@@ -167,7 +167,7 @@ def train_ours(source: str, work: Path, steps: int, eval_every: int, seed: int, 
         "--trainer.enable_progress_bar", "false", "--sample.max_new_tokens", "0", *extra,
     ]  # fmt: skip
     t0 = time.perf_counter()
-    env = {**cold_compile(work / name), "LIGHTNING_DISABLE_TIPS": "1"}
+    env = {**cold_compile(work / name)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if r.returncode:

@@ -151,7 +151,6 @@ def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False):
 def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[list[str], torch.device]:
     """Markdown lines: the Trainer's and the plain loop's ms/step and tokens/s, their ratio, and MFU; and the device
     the config trained on."""
-    os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
     warm = max(1, steps // 10)
     lit_times: list[float] = []
     plain_times: list[float] = []

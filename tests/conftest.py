@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
@@ -22,7 +21,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``lit-gpt`` as a user would, in a child process."""
-    full_env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "lit_gpt.cli", *args],
         cwd=cwd,

@@ -1,6 +1,5 @@
 """The benchmark scripts still run and report what docs/benchmarks.md shows (tiny model, few steps)."""
 
-import os
 import re
 import subprocess
 import sys
@@ -23,8 +22,7 @@ def within_rounding(shown: float, num: float, den: float, printed: str) -> bool:
 def test_bench_train_times_the_trainer_and_the_plain_loop_in_one_run(tmp_path, corpus):
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--steps", "40", "--rounds", "1"]
     cmd += [*TINY, "--data.source", str(corpus), "--data.cache_dir", str(tmp_path)]
-    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1"}
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     trainer = re.search(r"Lightning Trainer: \*\*([\d.]+) ms/step, ([\d,]+) tokens/s\*\* \(median of (\d+)", r.stdout)
     plain = re.search(r"plain PyTorch loop.*?: ([\d.]+) ms/step", r.stdout)
@@ -57,8 +55,7 @@ def test_a_benchmark_replaces_its_own_section_and_keeps_the_others(tmp_path, mon
 def test_bench_gpt2_times_optimizer_steps_for_each_grid_point(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_gpt2.py"), "--tiny", "--steps", "3", "--warmup", "2"]
     cmd += ["--batch", "2,4", "--accumulate", "2", "--compile", "off", "--attention", "auto,math"]
-    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1"}
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = re.findall(r"^\| (\d+) x 64 x 2 \| off \| (\w+) \| off \| ([\d.]+) \| ([\d,]+) \|", r.stdout, re.M)
     rows = {(int(b), attn): (float(ms), int(tps.replace(",", ""))) for b, attn, ms, tps in rows}
@@ -71,8 +68,7 @@ def test_bench_litgpt_trains_both_projects_on_the_same_batches(tmp_path, corpus)
     pytest.importorskip("litgpt", reason="pip install --no-deps litgpt==0.5.13 psutil (as .ci/run does)")
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_litgpt.py"), "--source", str(corpus), "--steps", "60"]
     cmd += ["--eval-every", "20", "--rounds", "1", "--quick", "--gen-rounds", "1"]
-    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1"}
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = re.findall(r"^\| (litgpt|lit-gpt) .*?\| ([\d.]+) s \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \|$", r.stdout, re.M)
     assert len(rows) == 4, r.stdout

@@ -46,7 +46,7 @@ def losses(run_dir) -> list[float]:
 
 
 def start(corpus, cwd, name: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD}
+    env = {**os.environ, **ONE_THREAD}
     cmd = [sys.executable, "-m", "lit_gpt.cli", *fit_args(corpus, name, *extra)]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -152,7 +152,7 @@ def test_two_nodes_on_localhost_train_log_once_and_write_one_checkpoint(tmp_path
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD}
+    env = {**os.environ, **ONE_THREAD}
     args = fit_args(corpus, "two_nodes", "--data.batch_size", str(B), "--trainer.strategy", "ddp",
                     "--trainer.num_nodes", "2", "--trainer.devices", "1")  # fmt: skip
     nodes = [
@@ -285,7 +285,7 @@ def test_slurm_script_launches_ranks_and_requeues_after_saving_on_sigusr1(tmp_pa
     job_id = str(40000 + os.getpid() % 10000)
     pid_file = tmp_path / "srun.pid"
     env = {
-        **os.environ, **ONE_THREAD, "LIGHTNING_DISABLE_TIPS": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        **os.environ, **ONE_THREAD, "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "SLURM_JOB_ID": job_id, "SLURM_JOB_NAME": "lit-gpt", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
         "SLURM_JOB_NUM_NODES": "1", "SLURM_NODELIST": "localhost", "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
         "SRUN_PID_FILE": str(pid_file),

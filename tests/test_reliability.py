@@ -409,7 +409,7 @@ def test_a_full_disk_under_ddp_is_one_line_from_rank_zero(tmp_path, corpus):
     (tmp_path / "launch.py").write_text(FULL_DISK_LAUNCH)  # Lightning starts rank 1 with the same script
     args = fit(str(corpus), "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.devices", "2",
                "--trainer.strategy", "ddp")  # fmt: skip
-    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD}
+    env = {**os.environ, **ONE_THREAD}
     r = subprocess.run([sys.executable, "launch.py", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -109,7 +109,7 @@ def test_ckpt_path_last_on_a_fresh_run_starts_from_scratch(corpus, tmp_path):
 
 
 def start_fit(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "LIGHTNING_DISABLE_TIPS": "1", **ONE_THREAD, **(env or {})}
+    env = {**os.environ, **ONE_THREAD, **(env or {})}
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

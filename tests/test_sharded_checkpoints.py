@@ -105,7 +105,7 @@ def killed(tmp_path_factory, corpus) -> tuple[Path, Path]:
     cwd = tmp_path_factory.mktemp("killed")
     script, marker = cwd / "hang_save.py", cwd / "hanging"
     script.write_text(HANG_SAVE)
-    env = {**os.environ, **ONE_THREAD, "LIGHTNING_DISABLE_TIPS": "1", "MARKER": str(marker)}
+    env = {**os.environ, **ONE_THREAD, "MARKER": str(marker)}
     args = [sys.executable, str(script), *fit_args(corpus, "--trainer.max_steps", "6")]
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip

@@ -30,6 +30,7 @@ def trained_run(tmp_path_factory, corpus):
         "--trainer.log_every_n_steps", "5", cwd=cwd,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Tip:" not in r.stdout + r.stderr  # Lightning's cloud adverts are not shown (lit_gpt/cli.py)
     return cwd / "runs" / "shakespeare_char_cpu" / "version_0"
 
 
