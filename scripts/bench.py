@@ -43,7 +43,8 @@ def main() -> None:
     training, trained_on = bench_train.measure(args.config, args.steps, args.rounds, extra)
     device = trained_on.type  # where the config trained (its YAML or the command line chose); generation too
     lines = ["Training:", "", *training, "", "Generation:", ""]
-    lines += bench_generate.bench(args.tokens, device, args.rounds)
+    generation, _ = bench_generate.bench(args.tokens, device, args.rounds, compile=False)  # compiled: bench_generate
+    lines += generation
     lines += [
         "",
         f"{args.tokens} new tokens per sample, batch 1, top-k 200, median of {args.rounds} interleaved rounds.",

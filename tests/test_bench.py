@@ -78,3 +78,14 @@ def test_bench_litgpt_trains_both_projects_on_the_same_batches(tmp_path, corpus)
         assert val < 3.9 and abs(full_val - val) < 0.15  # both learned; 20 batches estimate the whole split
     assert abs(compiled[2] - eager[2]) < 1e-3  # compiling changes the speed, not the loss curve
     assert re.search(r"^\| shakespeare_char .*\| 255 \| [\d,]+ \| [\d,]+ \| \*\*[\d.]+x\*\* \|$", r.stdout, re.M)
+
+
+def test_bench_gives_every_speed_figure_from_one_process(tmp_path, corpus):
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--steps", "30", "--rounds", "1", "--tokens", "20"]
+    cmd += [*TINY, "--data.source", str(corpus), "--data.cache_dir", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Trainer / plain loop step time" in r.stdout and "MFU" in r.stdout
+    rows = re.findall(r"^\| (shakespeare_char\S*) .*? \| ([\d,]+) \| [\d.]+ ms \|", r.stdout, re.M)
+    assert len(rows) == 6 and all(int(tps.replace(",", "")) > 0 for _, tps in rows), r.stdout  # 2 models x 3 ways
+    assert re.search(r"peak RSS of this process .*: [\d,]+ MiB", r.stdout)
