@@ -84,6 +84,9 @@ def bench(tokens: int, device: str, rounds: int, compile: bool) -> tuple[list[st
         theirs.load_state_dict(model.state_dict())
         theirs.eval()
         runs = {"cache": (model, True), "no cache": (model, False)}
+        half = GPT(config).to(device).eval()  # `lit-gpt generate --dtype bfloat16`
+        half.load_state_dict(model.state_dict())
+        runs["cache, bfloat16"] = (half.to(torch.bfloat16), True)
         if compile:  # `lit-gpt generate --compile`: a second copy, so the eager rows stay eager
             compiled = GPT(config).to(device).eval()
             compiled.load_state_dict(model.state_dict())
@@ -104,6 +107,7 @@ def bench(tokens: int, device: str, rounds: int, compile: bool) -> tuple[list[st
         labels = {
             "cache": "yes",
             "cache, compiled": "yes, `--compile`",
+            "cache, bfloat16": "yes, `--dtype bfloat16`",
             "no cache": "no (nanoGPT's algorithm)",
             "nanoGPT": "nanoGPT's own `generate`",
         }

@@ -87,5 +87,5 @@ def test_bench_gives_every_speed_figure_from_one_process(tmp_path, corpus):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Trainer / plain loop step time" in r.stdout and "MFU" in r.stdout
     rows = re.findall(r"^\| (shakespeare_char\S*) .*? \| ([\d,]+) \| [\d.]+ ms \|", r.stdout, re.M)
-    assert len(rows) == 6 and all(int(tps.replace(",", "")) > 0 for _, tps in rows), r.stdout  # 2 models x 3 ways
+    assert len(rows) == 8 and all(int(tps.replace(",", "")) > 0 for _, tps in rows), r.stdout  # 2 models x 4 ways
     assert re.search(r"peak RSS of this process .*: [\d,]+ MiB", r.stdout)
