@@ -227,7 +227,7 @@ def _drop_tips(record: logging.LogRecord) -> bool:
 
 
 def fit_cli(args: list[str] | None = None, run: bool = True) -> LitGPTCLI:
-    reuse_freed_memory()  # for scripts that train through here without main(): a step's speed as `lit-gpt fit` has it
+    reuse_freed_memory()  # no page faults for each step's activations on a CPU (lit_gpt/malloc.py)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # main() passes argv on purpose
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # Lightning vs torch 2.13, harmless
     # Our loaders slice memory-mapped tokens in-process (workers would only add copies), and val/loss is a
@@ -301,6 +301,7 @@ def generate(
         raise LitGPTError("; ".join(problems))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    reuse_freed_memory()  # as for training: each token's activations are malloc'd and freed
     model, tokenizer = load_for_sampling(checkpoint, device)
     model.to(getattr(torch, dtype))
     if compile:
@@ -340,7 +341,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
-    reuse_freed_memory()  # no page faults for each step's activations on a CPU (lit_gpt/malloc.py)
     try:
         if argv and argv[0] == "prepare":  # reads the data: section of a whole fit config: its own parser
             prepare_cli(argv[1:])

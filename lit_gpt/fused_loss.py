@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+IGNORE_INDEX = -1  # targets with this value add nothing to the loss (as F.cross_entropy's ignore_index)
+
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
@@ -66,9 +68,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
-IGNORE_INDEX = -1  # targets with this value add nothing to the loss (as F.cross_entropy's ignore_index)
-
-
 def linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024
 ) -> torch.Tensor:
@@ -86,5 +85,6 @@ def linear_cross_entropy(
     total = hidden.new_zeros((), dtype=acc)
     for start in range(0, hidden.size(0), chunk_size):
         logits = hidden[start : start + chunk_size] @ weight.t()  # (n, V)
-        total += F.cross_entropy(logits.to(acc), targets[start : start + chunk_size], reduction="sum", ignore_index=-1)
+        t = targets[start : start + chunk_size]  # (n,)
+        total += F.cross_entropy(logits.to(acc), t, reduction="sum", ignore_index=IGNORE_INDEX)
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)

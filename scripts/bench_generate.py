@@ -11,6 +11,7 @@ baseline. Weights are random (the same in both models): speed depends on the sha
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -84,12 +85,9 @@ def bench(tokens: int, device: str, rounds: int, compile: bool) -> tuple[list[st
         theirs.load_state_dict(model.state_dict())
         theirs.eval()
         runs = {"cache": (model, True), "no cache": (model, False)}
-        half = GPT(config).to(device).eval()  # `lit-gpt generate --dtype bfloat16`
-        half.load_state_dict(model.state_dict())
-        runs["cache, bfloat16"] = (half.to(torch.bfloat16), True)
-        if compile:  # `lit-gpt generate --compile`: a second copy, so the eager rows stay eager
-            compiled = GPT(config).to(device).eval()
-            compiled.load_state_dict(model.state_dict())
+        runs["cache, bfloat16"] = (copy.deepcopy(model).to(torch.bfloat16), True)  # `generate --dtype bfloat16`
+        if compile:  # `lit-gpt generate --compile`: a copy, so the eager rows stay eager
+            compiled = copy.deepcopy(model)
             compiled.compile()
             start = time.perf_counter()
             time_generation(compiled, tokens, True, device)  # compiles the prompt, one-token and slide steps
