@@ -206,7 +206,7 @@ class ProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
-        shown = {"step": trainer.global_step}
+        shown = {"step": str(trainer.global_step)}  # text: Rich would print a number as 2000.000
         for key, name in self.SHORT.items():
             if key in metrics:
                 value = metrics[key]
