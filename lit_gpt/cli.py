@@ -252,6 +252,7 @@ def generate(
     *,
     checkpoint: str,
     prompt: str = "\n",
+    prompt_file: str | None = None,
     max_new_tokens: int = 500,
     temperature: float = 0.8,
     top_k: int | None = 200,
@@ -270,6 +271,8 @@ def generate(
             a Hugging Face GPT-2 folder, or a Hub name: gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:OWNER/REPO
             (downloaded once into the Hugging Face cache).
         prompt: Text to continue; '\\n' in it stands for a newline. Cropped to the last block_size tokens.
+        prompt_file: A UTF-8 text file whose whole content is the prompt, read as it is (nanoGPT's
+            start='FILE:...'); instead of prompt.
         max_new_tokens: Tokens to generate per sample.
         temperature: Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.
         top_k: Sample among the k most likely tokens only (empty: all).
@@ -297,6 +300,19 @@ def generate(
         problems.append(f"top_p must be in (0, 1], got {top_p}")
     if num_samples <= 0:
         problems.append(f"num_samples must be positive, got {num_samples}")
+    if prompt_file is not None:
+        if prompt != "\n":
+            problems.append("give --prompt or --prompt_file, not both")
+        try:
+            prompt = Path(prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            problems.append(f"--prompt_file {prompt_file!r} does not exist")
+        except IsADirectoryError:
+            problems.append(f"--prompt_file {prompt_file!r} is a folder: give a text file")
+        except UnicodeDecodeError as e:
+            problems.append(f"--prompt_file {prompt_file!r} is not UTF-8 (byte {e.start}): re-encode it")
+    else:
+        prompt = prompt.replace("\\n", "\n")
     if problems:
         raise LitGPTError("; ".join(problems))
     if device == "auto":
@@ -306,7 +322,6 @@ def generate(
     model.to(getattr(torch, dtype))
     if compile:
         model.compile()
-    prompt = prompt.replace("\\n", "\n")
     try:
         tokenizer.encode(prompt)
     except UnknownCharactersError as e:

@@ -149,10 +149,12 @@ def stream(
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int,
-    out=sys.stdout,
+    out=None,
     **kwargs,
 ) -> dict[str, float]:
-    """Print the prompt and its continuation to ``out`` as tokens arrive; returns timing figures."""
+    """Print the prompt and its continuation to ``out`` (default: the current ``sys.stdout``, so a redirection made
+    after import is honoured) as tokens arrive; returns timing figures."""
+    out = sys.stdout if out is None else out
     device = next(model.parameters()).device
     ids = tokenizer.encode(prompt)
     idx = torch.tensor([ids], dtype=torch.long, device=device)

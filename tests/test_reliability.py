@@ -188,6 +188,11 @@ CASES = {
         lambda t, c, g: ["generate", "--checkpoint", str(g), "--prompt", "€ and ✓"],
         "never saw",
     ),
+    "prompt-file": Case(
+        "a prompt file that is not UTF-8 (generate)",
+        lambda t, c, g: ["generate", "--checkpoint", str(g), "--prompt_file", text_file(t, b"caf\xe9", "prompt.txt")],
+        "prompt.txt' is not UTF-8 (byte 3): re-encode it",
+    ),
     "missing-checkpoint": Case(
         "a checkpoint path that does not exist",
         lambda t, c, g: fit(str(c), "--ckpt_path", str(t / "runs" / "last.ckpt")),

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -29,11 +30,19 @@ def trained_run(tmp_path_factory, corpus):
     r = run_cli(
         "fit", "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY,
         "--data.source", str(corpus), "--trainer.max_steps", "80", "--trainer.val_check_interval", "40",
-        "--trainer.log_every_n_steps", "5", cwd=cwd,
+        "--trainer.log_every_n_steps", "5", cwd=cwd, env={"COLUMNS": "200"},  # the progress bar on one line
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Tip:" not in r.stdout + r.stderr  # Lightning's cloud adverts are not shown (lit_gpt/cli.py)
+    (cwd / "fit.stdout").write_text(r.stdout, encoding="utf-8")
     return cwd / "runs" / "shakespeare_char_cpu" / "version_0"
+
+
+def test_the_progress_bar_ends_on_the_last_step_with_short_metric_names(trained_run):
+    out = (trained_run.parents[2] / "fit.stdout").read_text(encoding="utf-8")
+    assert "80/80" in out and re.search(r"step: 80\b(?!\.)", out), out[-2000:]  # a whole number, not 80.000
+    for name in ("loss", "val_loss", "tok/s"):
+        assert re.search(rf"\b{re.escape(name)}: [\d.]+", out), (name, out[-2000:])
 
 
 def test_fit_writes_checkpoints_and_tensorboard_curves(trained_run):
@@ -80,6 +89,17 @@ def test_generate_prints_the_requested_number_of_characters(trained_run, tmp_pat
         "--max_new_tokens", "100", "--seed", "1", cwd=tmp_path,
     )  # fmt: skip
     assert again.stdout == r.stdout  # the seed makes a sample reproducible
+
+
+def test_generate_continues_a_prompt_read_from_a_file(trained_run, tmp_path, capsys):
+    prompt = "HAMLET:\nTo be, or not to be: that is the question:\n"
+    (tmp_path / "prompt.txt").write_text(prompt, encoding="utf-8")
+    greedy = {"checkpoint": str(trained_run), "max_new_tokens": 30, "temperature": 0}
+    cli.generate(prompt_file=str(tmp_path / "prompt.txt"), **greedy)
+    from_file = capsys.readouterr().out
+    cli.generate(prompt=prompt.replace("\n", "\\n"), **greedy)  # the same text typed with '\n' for newlines
+    assert from_file.startswith(prompt) and len(from_file) == len(prompt) + 30 + 1
+    assert from_file == capsys.readouterr().out  # the file's text is the prompt, newlines as written
 
 
 def test_generate_in_bfloat16_samples_the_same_kind_of_text(trained_run, tmp_path):
