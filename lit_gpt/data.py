@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from lit_gpt.errors import LitGPTError
+from lit_gpt.fused_loss import IGNORE_INDEX
 from lit_gpt.prepare import encode_document, prepare, tokenizer_problem
 from lit_gpt.sources import Source, resolve
 from lit_gpt.tokenizer import CharTokenizer, PlaceholderCharTokenizer, Tokenizer
@@ -192,21 +193,35 @@ class StreamingWindows(IterableDataset):
 
 
 class FixedWindows(Dataset):
-    """The validation set: the same ``n_batches`` batches at every evaluation, split across ranks."""
+    """The validation set: the same ``n_batches`` batches of random windows at every evaluation, or with
+    ``n_batches=0`` the whole split in consecutive windows (every token a target once), split across ranks.
+
+    Every rank runs the same number of batches, as FSDP needs (each forward gathers the weights from all ranks): a
+    rank with one batch fewer gets a padding batch whose targets are all ``IGNORE_INDEX``, which counts for nothing.
+    """
 
     def __init__(
         self, path: Path, dtype: str, block_size: int, batch_size: int, n_batches: int, seed: int, rank: int, world: int
     ) -> None:
         self.tokens = np.memmap(path, dtype=dtype, mode="r")
-        starts = window_starts(seed, VAL_STREAM, n_batches * batch_size, len(self.tokens) - block_size)
+        if n_batches == 0:
+            starts = np.arange(0, len(self.tokens) - block_size, block_size)
+            n_batches = -(-len(starts) // batch_size)  # the last batch may be short
+        else:
+            starts = window_starts(seed, VAL_STREAM, n_batches * batch_size, len(self.tokens) - block_size)
         self.batches = [starts[i * batch_size : (i + 1) * batch_size] for i in range(rank, n_batches, world)]
+        self.padding = -(-n_batches // world) - len(self.batches)  # 0, or 1 on the ranks with a batch fewer
+        self.pad_starts = starts[:batch_size]
         self.block_size = block_size
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) + self.padding
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return make_batch(self.tokens, self.batches[i], self.block_size)
+        if i < len(self.batches):
+            return make_batch(self.tokens, self.batches[i], self.block_size)
+        x, y = make_batch(self.tokens, self.pad_starts, self.block_size)
+        return x, torch.full_like(y, IGNORE_INDEX)
 
 
 class TextDataModule(L.LightningDataModule):
@@ -248,7 +263,9 @@ class TextDataModule(L.LightningDataModule):
             block_size: Window length in tokens; set from model.config.block_size.
             val_fraction: Share of the corpus, taken from its end, held out for validation (unless val_source or
                 val_split is given).
-            val_batches: Validation batches per evaluation (nanoGPT's eval_iters); the same windows every time.
+            val_batches: Validation batches per evaluation (nanoGPT's eval_iters); the same random windows every
+                time. 0: the whole validation split in consecutive windows, every token scored once (exact rather
+                than an estimate; slower on a large split).
             seed: Seed of the window sampling, separate from the model's so data order is fixed across model changes.
             cache_dir: Where tokenized corpora, downloads and the datasets cache (cache_dir/hf) are kept.
             num_workers: DataLoader worker processes; 0 reads batches in the training process (fast enough for
@@ -276,12 +293,13 @@ class TextDataModule(L.LightningDataModule):
             for name, value in (
                 ("batch_size", batch_size),
                 ("block_size", block_size),
-                ("val_batches", val_batches),
                 ("bpe_vocab_size", bpe_vocab_size),
                 ("val_tokens", val_tokens),
             )
             if not isinstance(value, int) or value <= 0
         ]
+        if not isinstance(val_batches, int) or val_batches < 0:
+            problems.append(f"val_batches must be a whole number (0: the whole split), got {val_batches!r}")
         if not 0.0 < val_fraction < 1.0:
             problems.append(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
         if num_workers < 0:

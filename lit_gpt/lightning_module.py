@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 
 from lit_gpt.errors import LitGPTError
 from lit_gpt.finetune import apply_finetune, finetune_problems
+from lit_gpt.fused_loss import IGNORE_INDEX
 from lit_gpt.hub import hub_repo
 from lit_gpt.init_from import WHAT_LOADS, build_model, load_pretrained, target_config
 from lit_gpt.lora import merge_lora_state
@@ -214,7 +215,8 @@ class LitGPT(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         _, loss = self.model(x, y)
-        self.val_loss.update(loss, weight=y.numel())
+        scored = (y != IGNORE_INDEX).sum()  # 0 in a padding batch (every rank runs as many batches: FixedWindows)
+        self.val_loss.update(torch.where(scored > 0, loss, 0.0), weight=scored)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # averaged over every rank's batches

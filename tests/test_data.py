@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_gpt.corpus import shakespeare_plays, shakespeare_text
-from lit_gpt.data import RandomWindows, Share, TextDataModule, prepare, window_starts
+from lit_gpt.data import FixedWindows, RandomWindows, Share, TextDataModule, prepare, window_starts
 from lit_gpt.errors import LitGPTError
 from lit_gpt.sources import resolve
 
@@ -83,6 +83,37 @@ def test_the_global_batch_is_the_same_however_it_is_split(tmp_path, corpus):
         RandomWindows(path, "uint16", Share(16, batch_size=8, seed=7)), batch_size=None, num_workers=2
     )
     assert all(torch.equal(x, single[i]) for (x, _), i in zip(loader, range(3), strict=False))
+
+
+def scored_windows(ds: FixedWindows) -> list[tuple[int, ...]]:
+    """Each window a rank scores, as its tokens; padding (targets all ignored) left out."""
+    out = []
+    for i in range(len(ds)):
+        x, y = ds[i]
+        out += [tuple(row.tolist()) for row, t in zip(x, y, strict=True) if (t != -1).all()]
+        assert (y != -1).all() or (y == -1).all()  # a batch is real or padding, never a mix
+    return out
+
+
+@pytest.mark.parametrize("n_batches", [1, 3, 4, 0])
+def test_validation_windows_split_across_ranks_in_equal_counts(tmp_path, n_batches):
+    path = tmp_path / "val.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)  # token i is i, so a window names its own position
+    single = FixedWindows(path, "uint16", 16, 5, n_batches, 7, 0, 1)
+    reference = sorted(scored_windows(single))
+    assert len(single) == (n_batches or 13)  # the whole split: 62 windows of 16, in batches of 5
+    for world in (2, 3, 5):
+        ranks = [FixedWindows(path, "uint16", 16, 5, n_batches, 7, r, world) for r in range(world)]
+        assert len({len(ds) for ds in ranks}) == 1, world  # every rank runs as many batches: FSDP would hang
+        assert sorted(w for ds in ranks for w in scored_windows(ds)) == reference, world
+
+
+def test_whole_split_validation_scores_every_token_once(tmp_path):
+    path = tmp_path / "val.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    ds = FixedWindows(path, "uint16", 16, 5, 0, 7, 0, 1)
+    targets = torch.cat([ds[i][1].flatten() for i in range(len(ds))])
+    assert targets.tolist() == list(range(1, 62 * 16 + 1))  # consecutive windows: each target once, in order
 
 
 def test_window_starts_stay_in_range():

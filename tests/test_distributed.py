@@ -31,7 +31,9 @@ def fit_args(corpus, name: str, *extra: str) -> list[str]:
     return [
         "fit", "--config", CONFIG, *TINY, "--data.source", str(corpus), "--trainer.max_steps", str(STEPS),
         "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", str(STEPS),
-        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.name", name, *extra,
+        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.name", name,
+        "--data.val_batches", "3",  # odd: on 2 ranks one runs a padding batch, so both run as many (FSDP needs it)
+        *extra,
     ]  # fmt: skip
 
 
@@ -87,6 +89,11 @@ def test_ddp_fsdp_and_accumulation_give_the_loss_curve_of_one_process(runs):
     for name in ("accumulate", "tokens", "ddp", "fsdp"):
         curve = losses(runs / name / "version_0")
         assert curve == pytest.approx(reference, abs=1e-4), name
+    # The same 3 validation batches of B windows: on 2 ranks, 2 on one and 1 (plus a padding batch that counts for
+    # nothing) on the other.
+    val = scalars(runs / "accumulate" / "version_0")["val/loss"][-1][1]
+    for name in ("tokens", "ddp", "fsdp"):
+        assert scalars(runs / name / "version_0")["val/loss"][-1][1] == pytest.approx(val, abs=1e-4), name
 
 
 def test_throughput_counts_each_ranks_flops_once(runs):

@@ -5,6 +5,7 @@ import math
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
@@ -132,6 +133,25 @@ def test_generate_refuses_characters_the_model_never_saw(trained_run, tmp_path):
     r = run_cli("generate", "--checkpoint", str(trained_run), "--prompt", "€uro", cwd=tmp_path)
     assert r.returncode == 2
     assert "never saw" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_validate_on_the_whole_split_scores_every_token(trained_run, tmp_path, corpus):
+    r = run_cli(
+        "validate", "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY,
+        "--data.source", str(corpus), "--data.val_batches", "0", "--model.init_from", str(trained_run),
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    val = float(re.search(r"val/loss\s*[│|]\s*([\d.]+)", r.stdout).group(1))
+    # The same by hand: the model over consecutive windows of the prepared val split, the last batch short.
+    model, _, _ = load_model(trained_run / "checkpoints" / "last.ckpt")
+    folder = next((tmp_path / "data").glob("*/meta.json")).parent
+    tokens = np.fromfile(folder / "val.bin", dtype=json.loads((folder / "meta.json").read_text())["dtype"])
+    n = (len(tokens) - 1) // 32
+    data = torch.from_numpy(tokens[: n * 32 + 1].astype(np.int64))
+    with torch.no_grad():
+        _, loss = model.eval()(data[:-1].view(n, 32), data[1:].view(n, 32))
+    assert n % 8 != 0 and val == pytest.approx(loss.item(), abs=1e-4)  # a short last batch, weighted by its tokens
 
 
 def test_checkpoint_is_plain_data_and_loads_with_weights_only(trained_run):
