@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import resource
 import sys
 from pathlib import Path
@@ -22,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_generate  # noqa: E402
 import bench_train  # noqa: E402
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 
 def peak_memory_line(device: str) -> str:
@@ -52,9 +50,9 @@ def main() -> None:
     lines += ["", peak_memory_line(device)]
     print("\n".join(lines))
     if args.write:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}"
+        host = machine(str(device))
         cmd = "python scripts/bench.py " + " ".join(sys.argv[1:])
-        write_section(f"All speed figures ({device})", datetime.date.today().isoformat(), machine, cmd, lines)
+        write_section(f"All speed figures ({device})", datetime.date.today().isoformat(), host, cmd, lines)
 
 
 if __name__ == "__main__":

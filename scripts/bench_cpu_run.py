@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -18,13 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 NANOGPT = "nanoGPT `train.py`, same config and machine kind: val loss 1.8857 (one seed), 66-71 s wall, 24-26k tokens/s"
 
@@ -80,11 +77,9 @@ def main() -> None:
     lines += ["", f"Anchor: {NANOGPT}."]
     print("\n".join(lines))
     if args.write:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, fp32"
+        host = machine("fp32")
         cmd = "python scripts/bench_cpu_run.py " + " ".join(sys.argv[1:])
-        write_section(
-            "CPU config end to end (issue 2's target)", datetime.date.today().isoformat(), machine, cmd, lines
-        )
+        write_section("CPU config end to end (issue 2's target)", datetime.date.today().isoformat(), host, cmd, lines)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 CONFIG = ROOT / "configs" / "shakespeare_char_cpu.yaml"  # nanoGPT's CPU run: 4L/4H/128, block 64, batch 12
 
@@ -91,9 +89,9 @@ def main() -> None:
     print("\n".join(lines))
     if args.write:
         when = datetime.date.today().isoformat()
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, gloo"
+        host = machine("gloo")
         cmd = "python scripts/bench_ddp.py " + " ".join(sys.argv[1:])
-        write_section("Scale out", when, machine, cmd.replace(" --write", ""), lines)
+        write_section("Scale out", when, host, cmd.replace(" --write", ""), lines)
 
 
 if __name__ == "__main__":

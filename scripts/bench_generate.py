@@ -14,7 +14,6 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import nanogpt_reference  # noqa: E402
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.generate import generate_tokens  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
@@ -143,9 +142,9 @@ def main() -> None:
         )
     print("\n".join(lines))
     if args.write:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.device}"
+        host = machine(str(args.device))
         cmd = "python scripts/bench_generate.py " + " ".join(sys.argv[1:])
-        write_section(f"Generation speed ({args.device})", datetime.date.today().isoformat(), machine, cmd, lines)
+        write_section(f"Generation speed ({args.device})", datetime.date.today().isoformat(), host, cmd, lines)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import csv
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_cpu_run import tensorboard_scalars  # noqa: E402
 from bench_generate import time_generation  # noqa: E402
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.data import FixedWindows, RandomWindows, Share  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
@@ -323,11 +322,11 @@ def main() -> None:
               "", *bench_generation(args.gen_rounds, shapes)]  # fmt: skip
     print("\n".join(lines))
     if args.write:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, litgpt {version('litgpt')}"
+        host = machine(f"litgpt {version('litgpt')}")
         cmd = "python scripts/bench_litgpt.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
         setup = [" ".join(p.split()) for p in __doc__.split("\n\n")[3:5]]  # the Training and Generation paragraphs
         doc = [setup[0], "", setup[1], "", *lines]
-        write_section("lit-gpt beside litgpt (cpu)", datetime.date.today().isoformat(), machine, cmd, doc)
+        write_section("lit-gpt beside litgpt (cpu)", datetime.date.today().isoformat(), host, cmd, doc)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 from lit_gpt.parallel import parallelize  # noqa: E402
@@ -125,9 +124,9 @@ def main() -> None:
     print("\n".join(lines))
     if args.write:
         today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        host = machine(f"{torch.get_num_threads()} threads")
         command = "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *sys.argv[1:]])
-        write_section("Loss in chunks: peak memory (cpu)", today, machine, command, lines)
+        write_section("Loss in chunks: peak memory (cpu)", today, host, command, lines)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.malloc import reuse_freed_memory  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
@@ -94,9 +92,9 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        host = machine()
         cmd = "python scripts/bench_malloc.py " + " ".join(sys.argv[1:])
-        write_section("glibc malloc thresholds (cpu)", datetime.date.today().isoformat(), machine, cmd, lines)
+        write_section("glibc malloc thresholds (cpu)", datetime.date.today().isoformat(), host, cmd, lines)
 
 
 if __name__ == "__main__":

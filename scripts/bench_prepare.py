@@ -229,14 +229,12 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        from benchmarks_doc import write_section
+        from benchmarks_doc import machine, write_section
 
-        cpu = platform.processor() or platform.machine()
-        machine = f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
         write_section(
             "Data preparation throughput",
             datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            machine,
+            machine(f"Python {platform.python_version()}"),
             f"python scripts/bench_prepare.py --mb {args.mb} --num_proc {args.num_proc} --rounds {args.rounds} --write",
             lines,
         )

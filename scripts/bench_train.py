@@ -13,9 +13,8 @@ not against a figure measured on another machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import nanogpt_reference  # noqa: E402
-from benchmarks_doc import write_section  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.cli import fit_cli  # noqa: E402
 from lit_gpt.flops import peak_flops  # noqa: E402
@@ -129,12 +128,15 @@ def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False):
     batches = iter(trainer.datamodule.train_dataloader())
     accumulate = trainer.accumulate_grad_batches
     clip = trainer.gradient_clip_val
+    # The same autocast as the Trainer's precision; nanoGPT's train.py never autocasts on a CPU (float32 there).
+    as_nanogpt_on_cpu = nanogpt and device.type == "cpu"
+    forward_context = contextlib.nullcontext if as_nanogpt_on_cpu else trainer.precision_plugin.forward_context
     while True:
         start = time.perf_counter()
         for _ in range(accumulate):
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with trainer.precision_plugin.forward_context():  # the same autocast as the Trainer's precision
+            with forward_context():
                 _, loss = model(x, y)
             (loss / accumulate).backward()
         if clip:
@@ -184,11 +186,13 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
             f"- compiled Trainer over uncompiled plain loop: **{eager_ms / lit_ms:.3f}x** tokens/s "
             f"(compile alone, plain loops: {eager_ms / plain_ms:.3f}x)",
         ]
+    cpu_autocast = cli.trainer.strategy.root_device.type == "cpu" and str(cli.trainer.precision) != "32-true"
     if nanogpt_times:
         nano_ms = statistics.median(nanogpt_times) * 1e3
         lines += [
             f"- nanoGPT's own model and optimizer (`scripts/nanogpt_reference.py`: its `model.py` and "
-            f"`configure_optimizers`, uncompiled), same shape, weights, batches and schedule, in the same blocks: "
+            f"`configure_optimizers`, uncompiled{', float32 as it runs on a CPU' if cpu_autocast else ''}), same "
+            f"shape, weights, batches and schedule, in the same blocks: "
             f"{nano_ms:.2f} ms/step, {tokens / nano_ms * 1e3:,.0f} tokens/s",
             f"- lit-gpt through the Trainer over nanoGPT, tokens/s, this run: **{nano_ms / lit_ms:.2f}x**",
         ]
@@ -215,9 +219,9 @@ def main() -> None:
     print("\n".join(lines))
     if args.write:
         when = datetime.date.today().isoformat()
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        host = machine()
         cmd = "python scripts/bench_train.py " + " ".join(sys.argv[1:])
-        write_section(f"bench_train {Path(args.config).stem} {' '.join(extra)}".strip(), when, machine, cmd, lines)
+        write_section(f"bench_train {Path(args.config).stem} {' '.join(extra)}".strip(), when, host, cmd, lines)
 
 
 if __name__ == "__main__":

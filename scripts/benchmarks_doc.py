@@ -3,6 +3,8 @@ are, so every script can refresh its numbers without touching anyone else's."""
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 from pathlib import Path
 
@@ -25,3 +27,24 @@ def write_section(name: str, date: str, machine: str, command: str, lines: list[
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text, encoding="utf-8")
+
+
+def cpu_name() -> str:
+    """The processor's model name, and whether it has bf16 matrix instructions (AMX or AVX512-BF16): hosts of one
+    machine kind differ there, and bf16 speed with them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    bf16 = "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no bf16 instructions"
+    return f"{name.group(1).strip() if name else platform.processor() or 'unknown CPU'} ({bf16})"
+
+
+def machine(*extra: str) -> str:
+    """The machine line of a section: architecture, processor, cores, torch, and what else the benchmark names."""
+    import torch
+
+    return ", ".join([platform.machine(), cpu_name(), f"{os.cpu_count()} cores", f"torch {torch.__version__}", *extra])

@@ -1,8 +1,10 @@
 """The benchmark scripts still run and report what docs/benchmarks.md shows (tiny model, few steps)."""
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY
@@ -50,6 +52,15 @@ def test_a_benchmark_replaces_its_own_section_and_keeps_the_others(tmp_path, mon
     assert text.startswith("# Benchmarks")
     assert "- three" in text and "- one" not in text and "- two" in text
     assert text.index("## a") < text.index("## b")  # replaced in place, not appended
+
+
+def test_a_section_names_the_processor_and_its_bf16_instructions():
+    line = benchmarks_doc.machine("gloo")
+    assert line.endswith(", gloo") and f"{os.cpu_count()} cores" in line and "torch " in line
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # hosts of one machine kind differ here, and bf16 speed with them
+        name = next(x for x in cpuinfo.read_text().splitlines() if x.startswith("model name")).split(":", 1)[1]
+        assert name.strip() in line and re.search(r"\((AMX-BF16|AVX512-BF16|no bf16 instructions)\)", line)
 
 
 def test_bench_gpt2_times_optimizer_steps_for_each_grid_point(tmp_path):
