@@ -10,7 +10,8 @@ Per seed, through ``lit-gpt fit`` in this process:
 3. scratch: the pretraining config on Hamlet alone for the same number of steps (same tokenizer, architecture and
    validation windows);
 4. pretrained only: the pretrained model evaluated on Hamlet, no finetuning.
-All are scored on Hamlet's validation split (its last 10%, the same windows for every run). Seeds change the
+All are scored on Hamlet's whole validation split (its last 10%, every token once: ``--data.val_batches 0``; set
+``--val-batches N`` for N batches of random windows on a large corpus). Seeds change the
 initialisation and dropout; the data order and validation windows stay fixed. Writes ``docs/pretrain_finetune.md``
 (the table) and ``docs/pretrain_finetune.png`` (val curves), and TensorBoard runs side by side:
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--finetune-source", default="shakespeare:hamlet")
     p.add_argument("--pretrain-config", default=str(ROOT / "configs" / "shakespeare_char_cpu.yaml"))
     p.add_argument("--finetune-config", default=str(ROOT / "configs" / "finetune_hamlet.yaml"))
+    p.add_argument("--val-batches", type=int, default=0, help="small-corpus validation batches (0: the whole split)")
     p.add_argument("--tokenizer", default="char", help="the pretraining tokenizer (char, bpe, gpt2, hf:PATH)")
     p.add_argument("--logdir", default="runs")
     p.add_argument("--cache-dir", default="data")
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt = logdir / "pretrain" / f"seed{seed}" / "checkpoints" / "last.ckpt"
         small = ["--data.source", a.finetune_source, "--trainer.max_steps", str(a.finetune_steps)]
         small += ["--model.lr_decay_steps", str(a.finetune_steps), "--trainer.val_check_interval", str(a.eval_every)]
+        small += ["--data.val_batches", str(a.val_batches)]
         # 2. finetune it on the small corpus
         ft_args = ["--config", a.finetune_config, "--model.init_from", str(ckpt), *small]
         ft_args += ["--trainer.logger.init_args.name", "finetune", *tag, *common]
@@ -146,6 +149,7 @@ def write_docs(a: argparse.Namespace, rows: list[dict], curves: dict, walls: dic
     cmd = "python scripts/pretrain_finetune.py " + " ".join(
         [f"--seeds {a.seeds}", f"--pretrain-steps {a.pretrain_steps}", f"--finetune-steps {a.finetune_steps}"]
         + ([f"--eval-every {a.eval_every}"] if a.eval_every != 50 else [])
+        + ([f"--val-batches {a.val_batches}"] if a.val_batches != 0 else [])
         + ([f"--pretrain-source {a.pretrain_source}"] if a.pretrain_source != "shakespeare:-hamlet" else [])
         + ([f"--finetune-source {a.finetune_source}"] if a.finetune_source != "shakespeare:hamlet" else [])
         + (["--extra", *a.extra] if a.extra else [])
@@ -160,7 +164,9 @@ def write_docs(a: argparse.Namespace, rows: list[dict], curves: dict, walls: dic
         f"Finetuning: `{Path(a.finetune_config).name}` (`--model.init_from` the pretrained checkpoint) on "
         f"`{a.finetune_source}` for {a.finetune_steps} steps. From scratch: the pretraining config on "
         f"`{a.finetune_source}` alone for the same {a.finetune_steps} steps, with the same tokenizer. Validation loss "
-        f"(nats per token) on the last 10% of `{a.finetune_source}`, the same windows for every run; "
+        f"(nats per token) on the last 10% of `{a.finetune_source}`, "
+        + ("every token of it once" if a.val_batches == 0 else f"the same {a.val_batches} batches of windows")
+        + " for every run; "
         f"{len(rows)} seeds (initialisation and dropout).",
         "",
         "| seed | " + " | ".join(ARMS.values()) + " | scratch − finetuned |",

@@ -195,7 +195,7 @@ def test_init_from_a_gpt2_folder_uses_its_tokenizer(tmp_path, corpus):
 
 
 def test_pretrain_finetune_script_writes_table_plot_and_side_by_side_runs(tmp_path):
-    """scripts/pretrain_finetune.py at a tiny scale (the documented run takes about 4 minutes on 2 cores)."""
+    """scripts/pretrain_finetune.py at a tiny scale (the documented run takes about 5 minutes on 2 cores)."""
     import subprocess
     import sys
 
