@@ -130,18 +130,24 @@ def generate_text(
 
 class StreamDecoder:
     """Turns token ids arriving one by one into text pieces, holding back an incomplete UTF-8 sequence (byte-level
-    BPE can split a character across tokens)."""
+    BPE can split a character across tokens).
+
+    Each push decodes only the ids since the last piece plus the one before it, as context for decoders whose
+    output depends on the previous token (a leading space, say): a constant cost per token, where decoding everything
+    so far made a 12,000-token sample spend 160 us a token here."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+        self.tokenizer, self.ids = tokenizer, []
+        self.prefix = self.read = 0  # ids[prefix:read] is context already printed; ids[read:] is not printed yet
 
     def push(self, ids: Sequence[int]) -> str:
         self.ids.extend(ids)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
+        printed = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        if text.endswith("\ufffd") or len(text) <= len(printed):
             return ""
-        piece, self.emitted = text[self.emitted :], len(text)
-        return piece
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(printed) :]
 
 
 def stream(

@@ -97,6 +97,32 @@ def test_streaming_never_prints_half_a_character():
     assert all("\ufffd" not in p for p in pieces)
 
 
+class SpaceTokenizer(ByteTokenizer):
+    """Words with a leading space, as SentencePiece's '▁': decoding drops the space at the start of the text, so a
+    token's text depends on what came before it. Records how many ids each decode reads."""
+
+    kind = "test-words"
+    WORDS = ["To", " be,", " or", " not", " to", " be", "é", "✓"]
+
+    def __init__(self) -> None:
+        self.read: list[int] = []
+
+    def encode(self, text):
+        raise NotImplementedError
+
+    def decode(self, ids):
+        self.read.append(len(ids))
+        return "".join(self.WORDS[i] for i in ids).removeprefix(" ")
+
+
+def test_streaming_gives_the_decoded_text_at_a_constant_cost_per_token():
+    tok = SpaceTokenizer()
+    ids = [0, 1, 2, 3, 4, 5, 6, 7] * 300
+    decoder = StreamDecoder(tok)
+    assert "".join(decoder.push([i]) for i in ids) == tok.decode(ids)  # spaces kept between pieces
+    assert max(tok.read[:-1]) <= 2  # each push decodes the new token and one before it, not everything so far
+
+
 def test_a_compiled_model_saves_the_same_keys():
     def keys(compile: bool) -> list[str]:
         module = LitGPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8), compile=compile)
