@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import ROOT, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -208,3 +209,20 @@ def test_only_the_subcommands_lit_gpt_implements_are_offered(tmp_path):
     r = run_cli("test", cwd=tmp_path)
     assert r.returncode == 2 and "invalid choice: 'test' (choose from 'fit', 'validate')" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_help_and_a_commented_config_document_every_model_option(tmp_path):
+    config = str(ROOT / "configs" / "shakespeare_char_cpu.yaml")
+    width = "Width of the residual stream."  # GPTConfig.n_embd's attribute docstring
+    help_text = run_cli("fit", "--help", cwd=tmp_path, env={"COLUMNS": "200"})
+    assert help_text.returncode == 0 and width in help_text.stdout
+    commented = run_cli("fit", "--config", config, "--print_config=comments", cwd=tmp_path)
+    assert commented.returncode == 0, commented.stderr[-2000:]
+    lines = commented.stdout.splitlines()
+    at = lines.index("    n_embd: 128")
+    assert width in lines[at - 1] and lines[at - 1].lstrip().startswith("#")  # the comment above the key
+    assert any("whole validation split" in line for line in lines)  # argument docstrings too (data.val_batches)
+    # The commented file is a config as it stands: it resolves to the config it was printed from.
+    (tmp_path / "commented.yaml").write_text(commented.stdout, encoding="utf-8")
+    again = run_cli("fit", "--config", str(tmp_path / "commented.yaml"), "--print_config", cwd=tmp_path)
+    assert again.returncode == 0 and yaml.safe_load(again.stdout) == yaml.safe_load(commented.stdout)
