@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
 from lit_gpt.checkpoint import load_for_sampling
 from lit_gpt.convert import convert
+from lit_gpt.cpu_matmul import onednn_available, onednn_wanted, use_onednn_linears
 from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError, report, report_rank_zero
 from lit_gpt.export import export
@@ -263,6 +264,7 @@ def generate(
     use_cache: bool = True,
     compile: bool = False,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    cpu_matmul: Literal["auto", "onednn", "aten"] = "auto",
 ) -> None:
     """Sample text from a trained checkpoint or a pretrained model and stream it to the terminal.
 
@@ -288,6 +290,9 @@ def generate(
         dtype: The weights' and activations' type while sampling. On a GPU, bfloat16 or float16 halve the bytes
             each token reads. On a CPU keep float32: bfloat16 decoded at 0.8x float32's speed on a 2-core CPU with
             AMX (docs/benchmarks.md). Samples differ slightly from float32's, as rounding moves the probabilities.
+        cpu_matmul: Library for float32 matmuls on a CPU, as for training (--model.cpu_matmul): auto, onednn or
+            aten. Only matmuls of at least ~1M multiply-adds use oneDNN (the prompt, a large vocabulary's output
+            layer); a token's small ones stay with aten.
     """
     problems = []
     if max_new_tokens < 0:
@@ -300,6 +305,8 @@ def generate(
         problems.append(f"top_p must be in (0, 1], got {top_p}")
     if num_samples <= 0:
         problems.append(f"num_samples must be positive, got {num_samples}")
+    if cpu_matmul == "onednn" and not onednn_available():
+        problems.append("cpu_matmul onednn: this PyTorch build has no oneDNN; use auto or aten")
     if prompt_file is not None:
         if prompt != "\n":
             problems.append("give --prompt or --prompt_file, not both")
@@ -320,6 +327,8 @@ def generate(
     reuse_freed_memory()  # as for training: each token's activations are malloc'd and freed
     model, tokenizer = load_for_sampling(checkpoint, device)
     model.to(getattr(torch, dtype))
+    if onednn_wanted(cpu_matmul, device):
+        use_onednn_linears(model)
     if compile:
         model.compile()
     try:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from lit_gpt.cpu_matmul import onednn_available, onednn_wanted, use_onednn_linears
 from lit_gpt.errors import LitGPTError
 from lit_gpt.finetune import apply_finetune, finetune_problems
 from lit_gpt.fused_loss import IGNORE_INDEX
@@ -45,6 +46,7 @@ class LitGPT(L.LightningModule):
         beta1: float = 0.9,
         beta2: float = 0.99,
         compile: bool = False,
+        cpu_matmul: Literal["auto", "onednn", "aten"] = "auto",
         activation_checkpointing: bool = False,
         loss_chunk_size: int = 0,
         init_from: str | None = None,
@@ -66,6 +68,10 @@ class LitGPT(L.LightningModule):
             beta1: AdamW beta1.
             beta2: AdamW beta2 (0.99 for small char models, 0.95 for GPT-2 scale).
             compile: Compile the model with torch.compile (first steps are slower while it compiles).
+            cpu_matmul: Library for the float32 matmuls of the linear layers on a CPU: onednn, or aten (PyTorch's
+                default: MKL on x86). auto is onednn on AMD processors, where MKL's float32 kernels run at about
+                half oneDNN's speed (1.4x faster steps on the CPU config), and aten elsewhere. The same results to
+                float32 rounding; no effect on a GPU or under bf16.
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
             loss_chunk_size: Compute the output layer and the loss this many tokens at a time, without ever holding
@@ -102,6 +108,10 @@ class LitGPT(L.LightningModule):
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         if not isinstance(loss_chunk_size, int) or loss_chunk_size < 0:
             problems.append(f"loss_chunk_size must be a whole number >= 0 (0 is off), got {loss_chunk_size!r}")
+        if cpu_matmul not in ("auto", "onednn", "aten"):
+            problems.append(f"cpu_matmul must be auto, onednn or aten, got {cpu_matmul!r}")
+        elif cpu_matmul == "onednn" and not onednn_available():
+            problems.append("cpu_matmul onednn: this PyTorch build has no oneDNN; use auto or aten")
         problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
         if init_from is None and (lora_rank > 0 or freeze_layers > 0 or freeze_embeddings):
             # Frozen random weights, or adapters on them, train nothing worth having.
@@ -181,6 +191,9 @@ class LitGPT(L.LightningModule):
             lora_alpha=hp.get("lora_alpha", 16.0),
             lora_dropout=hp.get("lora_dropout", 0.0),
         )
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        if onednn_wanted(hp.get("cpu_matmul", "auto"), device):
+            use_onednn_linears(self.model)  # after LoRA, whose layers keep F.linear; before compile
         # Sharding (under ModelParallelStrategy), activation checkpointing and compile come from outside the model.
         parallelize(
             self.model,

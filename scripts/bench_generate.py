@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import nanogpt_reference  # noqa: E402
 from benchmarks_doc import machine, write_section  # noqa: E402
 
+from lit_gpt.cpu_matmul import onednn_wanted, use_onednn_linears  # noqa: E402
 from lit_gpt.generate import generate_tokens  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 
@@ -83,6 +84,8 @@ def bench(tokens: int, device: str, rounds: int, compile: bool) -> tuple[list[st
         theirs = nanogpt_reference.GPT(nanogpt_reference.GPTConfig(vocab_size=65, bias=False, **shape)).to(device)
         theirs.load_state_dict(model.state_dict())
         theirs.eval()
+        if onednn_wanted("auto", device):  # as `lit-gpt generate` does (its big matmuls: the prompt's)
+            use_onednn_linears(model)
         runs = {"cache": (model, True), "no cache": (model, False)}
         runs["cache, bfloat16"] = (copy.deepcopy(model).to(torch.bfloat16), True)  # `generate --dtype bfloat16`
         if compile:  # `lit-gpt generate --compile`: a copy, so the eager rows stay eager

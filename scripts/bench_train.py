@@ -31,6 +31,7 @@ import nanogpt_reference  # noqa: E402
 from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.cli import fit_cli  # noqa: E402
+from lit_gpt.cpu_matmul import OneDNNLinear, use_onednn_linears  # noqa: E402
 from lit_gpt.flops import peak_flops  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 from lit_gpt.optim import configure_adamw, warmup_cosine  # noqa: E402
@@ -51,13 +52,16 @@ class Interleaved(L.Callback):
         self.plain: list[float] = []
         self.eager: list[float] = []  # with --model.compile: an uncompiled plain loop too, for compile's gain
         self.nanogpt: list[float] = []  # nanoGPT's model and optimizer, uncompiled (its CPU default)
+        self.aten: list[float] = []  # with oneDNN linears (lit_gpt/cpu_matmul.py): the plain loop on ATen's too
         self._last: float | None = None
-        self._plain_steps = self._eager_steps = self._nanogpt_steps = None
+        self._plain_steps = self._eager_steps = self._nanogpt_steps = self._aten_steps = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._plain_steps = plain_loop(trainer, pl_module, pl_module.hparams.compile)
         if pl_module.hparams.compile:
             self._eager_steps = plain_loop(trainer, pl_module, compile=False)
+        if isinstance(pl_module.model.lm_head, OneDNNLinear):
+            self._aten_steps = plain_loop(trainer, pl_module, pl_module.hparams.compile, aten=True)
         if nanogpt_can_run(pl_module.model.config):
             self._nanogpt_steps = plain_loop(trainer, pl_module, compile=False, nanogpt=True)
         self._count = 0
@@ -74,6 +78,8 @@ class Interleaved(L.Callback):
             self.plain += times[1:]
             if self._eager_steps is not None:
                 self.eager += [next(self._eager_steps) for _ in range(self.block)][1:]
+            if self._aten_steps is not None:
+                self.aten += [next(self._aten_steps) for _ in range(self.block)][1:]
             if self._nanogpt_steps is not None:
                 self.nanogpt += [next(self._nanogpt_steps) for _ in range(self.block)][1:]
         self._last = time.perf_counter()
@@ -99,10 +105,10 @@ def nanogpt_can_run(config) -> bool:
     return all(getattr(config, f) == getattr(default, f) for f in block)
 
 
-def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False):
+def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False, aten: bool = False):
     """nanoGPT's loop: same model class, batches, optimizer, schedule and clipping; no Trainer. Yields the wall
     time of each optimizer step. ``nanogpt``: nanoGPT's own model and ``configure_optimizers`` instead of
-    lit-gpt's (same shape, weights, batches, schedule and clipping)."""
+    lit-gpt's (same shape, weights, batches, schedule and clipping). ``aten``: ATen's matmuls, not oneDNN's."""
     with torch.random.fork_rng():  # the Trainer's run draws the same random numbers as without this benchmark
         torch.manual_seed(1337)
         device = trainer.strategy.root_device
@@ -118,6 +124,8 @@ def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False):
         model = reference
         optimizer = model.configure_optimizers(hp.weight_decay, hp.learning_rate, (hp.beta1, hp.beta2), device.type)
     else:
+        if isinstance(pl_module.model.lm_head, OneDNNLinear) and not aten:  # as the Trainer's model does
+            use_onednn_linears(model)
         if compile:
             model.compile()
         optimizer = configure_adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
@@ -157,6 +165,7 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
     lit_times: list[float] = []
     plain_times: list[float] = []
     eager_times: list[float] = []
+    aten_times: list[float] = []
     nanogpt_times: list[float] = []
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(rounds):
@@ -164,13 +173,15 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
             lit_times += timer.lit[warm:]
             plain_times += timer.plain[warm:]
             eager_times += timer.eager[warm:]
+            aten_times += timer.aten[warm:]
             nanogpt_times += timer.nanogpt[warm:]
     tokens = cli.datamodule.batch_size * cli.datamodule.block_size * cli.trainer.accumulate_grad_batches
     lit_ms, plain_ms = statistics.median(lit_times) * 1e3, statistics.median(plain_times) * 1e3
     lines = [
         f"- config `{Path(config).name}` {' '.join(extra)}: {tokens} tokens/step, "
         f"{sum(p.numel() for p in cli.model.model.parameters()) / 1e6:.2f}M parameters, "
-        f"precision {cli.trainer.precision}, device {cli.trainer.strategy.root_device}",
+        f"precision {cli.trainer.precision}, device {cli.trainer.strategy.root_device}, float32 matmuls in "
+        f"{'oneDNN' if isinstance(cli.model.model.lm_head, OneDNNLinear) else 'ATen'}",
         f"- Lightning Trainer: **{lit_ms:.2f} ms/step, {tokens / lit_ms * 1e3:,.0f} tokens/s** (median of "
         f"{len(lit_times)} steps after warm-up)",
         f"- plain PyTorch loop, same model/batches/optimizer, run in blocks of 10 steps between the Trainer's: "
@@ -185,6 +196,13 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
             f"{tokens / eager_ms * 1e3:,.0f} tokens/s",
             f"- compiled Trainer over uncompiled plain loop: **{eager_ms / lit_ms:.3f}x** tokens/s "
             f"(compile alone, plain loops: {eager_ms / plain_ms:.3f}x)",
+        ]
+    if aten_times:
+        aten_ms = statistics.median(aten_times) * 1e3
+        lines += [
+            f"- the same plain loop with ATen's float32 matmuls (MKL; `--model.cpu_matmul aten`), in the same blocks: "
+            f"{aten_ms:.2f} ms/step, {tokens / aten_ms * 1e3:,.0f} tokens/s: oneDNN's matmuls step "
+            f"**{aten_ms / plain_ms:.3f}x** as fast",
         ]
     cpu_autocast = cli.trainer.strategy.root_device.type == "cpu" and str(cli.trainer.precision) != "32-true"
     if nanogpt_times:

@@ -17,6 +17,7 @@ from conftest import ROOT, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gpt.checkpoint import load_model
+from lit_gpt.cpu_matmul import onednn_available
 from lit_gpt.errors import LitGPTError
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.parallel import accumulation_steps, parallelize
@@ -63,17 +64,19 @@ def finish(*procs: subprocess.Popen) -> None:
 def runs(tmp_path_factory, corpus):
     """The same 10 steps five ways: one process with batch 2B; batch B with 2 accumulation steps; the same from
     global_batch.tokens; DDP with B per rank; FSDP2 (with activation checkpointing, and the loss computed in chunks
-    without the full logits) with B per rank, stopped after step 5 and resumed from its sharded checkpoint."""
+    without the full logits) with B per rank, stopped after step 5 and resumed from its sharded checkpoint. The
+    reference runs its matmuls in ATen, DDP and FSDP theirs in oneDNN where big enough (the MLP's here)."""
     cwd = tmp_path_factory.mktemp("scale")
     # Two 1-thread processes at a time: the machine has 2 cores.
     finish(
-        start(corpus, cwd, "single", "--data.batch_size", str(2 * B)),
+        start(corpus, cwd, "single", "--data.batch_size", str(2 * B), "--model.cpu_matmul", "aten"),
         start(corpus, cwd, "accumulate", "--data.batch_size", str(B), "--trainer.accumulate_grad_batches", "2"),
     )
     tokens = str(2 * B * 32)  # 2B windows of block_size 32
     every_5 = ["--trainer.val_check_interval", "5"]
     finish(start(corpus, cwd, "tokens", "--data.batch_size", str(B), "--global_batch.tokens", tokens, *every_5))
-    two_ranks = ["--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy"]
+    onednn = ["--model.cpu_matmul", "onednn" if onednn_available() else "aten"]
+    two_ranks = [*onednn, "--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy"]
     finish(start(corpus, cwd, "ddp", *two_ranks, "ddp"))
     # FSDP stops after step 5 and resumes from its sharded last.ckpt: the curve must not show the seam.
     fsdp = [*two_ranks, "fsdp", "--model.activation_checkpointing", "true", "--trainer.val_check_interval", "5"]

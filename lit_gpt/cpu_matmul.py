@@ -1,0 +1,116 @@
+"""float32 matmuls on oneDNN instead of MKL, on the CPUs where MKL is slow.
+
+PyTorch's x86 builds run float32 matmuls in Intel's MKL, which picks its kernels by the processor's vendor, not its
+instruction set: on an AMD EPYC with AVX-512 a 2048² sgemm runs at 185 GFLOP/s on 2 cores, where oneDNN (which
+PyTorch ships too, and already uses for bf16) runs the same product at 430 GFLOP/s, and 1.8-2.3x as fast at the CPU
+config's shapes. ``use_onednn_linears`` swaps the class of every plain ``nn.Linear`` (parameter names, hence
+checkpoints, are unchanged, as for LoRA) to one whose forward and backward matmuls run in oneDNN, with the same
+results to float32 rounding. Matmuls too small to gain (a token's decode step: oneDNN costs ~15 us a call to set up),
+inputs that are not float32 (bf16 weights, autocast, which routes to oneDNN by itself) and other devices keep
+``F.linear``.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHOICES = ("auto", "onednn", "aten")
+MIN_MACS = 1 << 20  # below ~1M multiply-adds oneDNN's per-call setup costs more than MKL's slower kernel loses
+
+torch.library.define("lit_gpt::onednn_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+
+
+@torch.library.impl("lit_gpt::onednn_linear", "cpu")
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # x @ weight.T + bias; a strided weight is read as it is, a strided x is copied first (oneDNN's rules)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@torch.library.register_fake("lit_gpt::onednn_linear")
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+_linear = torch.ops.lit_gpt.onednn_linear  # an opaque op to torch.compile, called as it is from compiled graphs
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])  # (tokens, out)
+        grad_x = _linear(grad, weight.t(), None) if need_x else None  # (..., in) = grad @ W
+        grad_w = None
+        if need_w:
+            x2 = x.reshape(-1, x.shape[-1])  # (tokens, in)
+            out_features, in_features = weight.shape
+            # grad.T @ x; oneDNN copies a transposed first operand, so transpose the narrower activation
+            if out_features <= in_features:
+                grad_w = _linear(g.t(), x2.t(), None)  # (out, in)
+            else:
+                grad_w = _linear(x2.t(), g.t(), None).t().contiguous()  # (in, out) -> (out, in)
+        grad_b = g.sum(0) if ctx.has_bias and need_b else None
+        return grad_x, grad_w, grad_b
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` whose float32 CPU matmuls run in oneDNN; anything else goes to ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (
+            x.dtype is torch.float32
+            and w.dtype is torch.float32
+            and x.device.type == "cpu"
+            and x.numel() * w.shape[0] >= MIN_MACS  # tokens x in x out multiply-adds
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return _OneDNNLinear.apply(x, w, self.bias)
+        return F.linear(x, w, self.bias)
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN (x86 and Arm builds from PyPI do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@cache
+def _amd_x86() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        return "AuthenticAMD" in Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def onednn_wanted(choice: str, device: torch.device | str) -> bool:
+    """Whether ``choice`` (auto, onednn or aten) means oneDNN linears for a model on ``device``. auto: on AMD x86
+    CPUs, where MKL's float32 kernels run at about half oneDNN's speed; elsewhere PyTorch's default."""
+    if torch.device(device).type != "cpu" or choice == "aten":
+        return False
+    return onednn_available() and (choice == "onednn" or _amd_x86())
+
+
+def use_onednn_linears(model: nn.Module) -> int:
+    """Swap every plain ``nn.Linear`` in ``model`` to ``OneDNNLinear`` in place; returns how many. Subclasses
+    (LoRA's layers) are left as they are."""
+    swapped = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = OneDNNLinear
+            swapped += 1
+    return swapped
