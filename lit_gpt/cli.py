@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
 from lit_gpt.checkpoint import load_for_sampling
 from lit_gpt.convert import convert
-from lit_gpt.cpu_matmul import onednn_available, onednn_wanted, use_onednn_linears
+from lit_gpt.cpu_matmul import cpu_matmul_problems, onednn_wanted, use_onednn_linears
 from lit_gpt.data import TextDataModule
 from lit_gpt.errors import LitGPTError, report, report_rank_zero
 from lit_gpt.export import export
@@ -305,8 +305,7 @@ def generate(
         problems.append(f"top_p must be in (0, 1], got {top_p}")
     if num_samples <= 0:
         problems.append(f"num_samples must be positive, got {num_samples}")
-    if cpu_matmul == "onednn" and not onednn_available():
-        problems.append("cpu_matmul onednn: this PyTorch build has no oneDNN; use auto or aten")
+    problems += cpu_matmul_problems(cpu_matmul)
     if prompt_file is not None:
         if prompt != "\n":
             problems.append("give --prompt or --prompt_file, not both")

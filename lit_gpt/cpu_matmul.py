@@ -97,6 +97,15 @@ def _amd_x86() -> bool:
         return False
 
 
+def cpu_matmul_problems(choice: str) -> list[str]:
+    """What is wrong with a ``cpu_matmul`` choice, for the caller's list of config problems."""
+    if choice not in CHOICES:
+        return [f"cpu_matmul must be auto, onednn or aten, got {choice!r}"]
+    if choice == "onednn" and not onednn_available():
+        return ["cpu_matmul onednn: this PyTorch build has no oneDNN; use auto or aten"]
+    return []
+
+
 def onednn_wanted(choice: str, device: torch.device | str) -> bool:
     """Whether ``choice`` (auto, onednn or aten) means oneDNN linears for a model on ``device``. auto: on AMD x86
     CPUs, where MKL's float32 kernels run at about half oneDNN's speed; elsewhere PyTorch's default."""

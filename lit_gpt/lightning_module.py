@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from lit_gpt.cpu_matmul import onednn_available, onednn_wanted, use_onednn_linears
+from lit_gpt.cpu_matmul import cpu_matmul_problems, onednn_wanted, use_onednn_linears
 from lit_gpt.errors import LitGPTError
 from lit_gpt.finetune import apply_finetune, finetune_problems
 from lit_gpt.fused_loss import IGNORE_INDEX
@@ -70,7 +70,7 @@ class LitGPT(L.LightningModule):
             compile: Compile the model with torch.compile (first steps are slower while it compiles).
             cpu_matmul: Library for the float32 matmuls of the linear layers on a CPU: onednn, or aten (PyTorch's
                 default: MKL on x86). auto is onednn on AMD processors, where MKL's float32 kernels run at about
-                half oneDNN's speed (1.4x faster steps on the CPU config), and aten elsewhere. The same results to
+                half oneDNN's speed (1.26-1.30x faster steps on the CPU config), and aten elsewhere. The same results to
                 float32 rounding; no effect on a GPU or under bf16.
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
@@ -108,10 +108,7 @@ class LitGPT(L.LightningModule):
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         if not isinstance(loss_chunk_size, int) or loss_chunk_size < 0:
             problems.append(f"loss_chunk_size must be a whole number >= 0 (0 is off), got {loss_chunk_size!r}")
-        if cpu_matmul not in ("auto", "onednn", "aten"):
-            problems.append(f"cpu_matmul must be auto, onednn or aten, got {cpu_matmul!r}")
-        elif cpu_matmul == "onednn" and not onednn_available():
-            problems.append("cpu_matmul onednn: this PyTorch build has no oneDNN; use auto or aten")
+        problems += cpu_matmul_problems(cpu_matmul)
         problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
         if init_from is None and (lora_rank > 0 or freeze_layers > 0 or freeze_embeddings):
             # Frozen random weights, or adapters on them, train nothing worth having.
