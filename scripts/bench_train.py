@@ -229,7 +229,7 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_char_cpu.yaml"))
-    parser.add_argument("--steps", type=int, default=200, help="steps per measurement (the first 10% are warm-up)")
+    parser.add_argument("--steps", type=int, default=200, help="steps per measurement (the first 10%% are warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of plain loop and Trainer")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     args, extra = parser.parse_known_args()
