@@ -207,16 +207,31 @@ def theirs_model(vocab: int, **shape):
     return LitGPTModel(litgpt_config(vocab, **shape))
 
 
-def bench_training(source: str, rounds: int, steps: int, eval_every: int, work: Path) -> list[str]:
+ARMS = {  # lit-gpt's fit options (None: litgpt's own run), and the table's label
+    "litgpt": (None, "litgpt 0.5.13 `pretrain` (Fabric; always compiled)"),
+    "ours-compiled": (["--model.compile", "true"], "lit-gpt `fit --model.compile true`"),
+    "ours-eager": ([], "lit-gpt `fit` (not compiled)"),
+    "ours-gpt2-init": (["--model.config.init", "gpt2"], "lit-gpt `fit --model.config.init gpt2` (not compiled)"),
+}
+COMPARED = ("litgpt", "ours-compiled")  # the table's closing ratio: always run
+
+
+def parse_arms(text: str) -> list[str]:
+    """``--arms``: the training runs to make, comma-separated; litgpt's and lit-gpt's compiled ones always."""
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ARMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
+    return [a for a in ARMS if a in names or a in COMPARED]
+
+
+def bench_training(
+    source: str, rounds: int, steps: int, eval_every: int, work: Path, arm_names: tuple[str, ...] = tuple(ARMS)
+) -> list[str]:
     folder = prepare(source, "char", work / "data")
     meta = read_meta(folder)
     val_tokens = np.fromfile(folder / "val.bin", dtype=meta["dtype"])
-    arms = {  # lit-gpt's fit options, and the table's label
-        "litgpt": (None, "litgpt 0.5.13 `pretrain` (Fabric; always compiled)"),
-        "ours-compiled": (["--model.compile", "true"], "lit-gpt `fit --model.compile true`"),
-        "ours-eager": ([], "lit-gpt `fit` (not compiled)"),
-        "ours-gpt2-init": (["--model.config.init", "gpt2"], "lit-gpt `fit --model.config.init gpt2` (not compiled)"),
-    }
+    arms = {a: ARMS[a] for a in arm_names}
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     for r in range(rounds):  # alternating, so each sees the same machine state
         for arm in list(arms) if r % 2 == 0 else list(arms)[::-1]:
@@ -302,6 +317,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=250, help="validate every N steps, on 20 batches")
     parser.add_argument("--gen-rounds", type=int, default=3)
+    arms_help = f"training runs, comma-separated (default: {','.join(ARMS)}; litgpt and ours-compiled always run)"
+    parser.add_argument("--arms", type=parse_arms, default=list(ARMS), help=arms_help)
     parser.add_argument("--quick", action="store_true", help="the smallest generation shape only (for the tests)")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     parser.add_argument("--litgpt-run", type=Path, help=argparse.SUPPRESS)  # internal: one litgpt run
@@ -316,7 +333,7 @@ def main() -> None:
         raise SystemExit("litgpt is not installed: pip install --no-deps litgpt==0.5.13 psutil") from None
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as work:
-        lines = bench_training(args.source, args.rounds, args.steps, args.eval_every, Path(work))
+        lines = bench_training(args.source, args.rounds, args.steps, args.eval_every, Path(work), tuple(args.arms))
     shapes = dict(list(GEN_SHAPES.items())[:1]) if args.quick else GEN_SHAPES
     lines += ["", f"Generation with the KV cache, batch 1, top-k 200, median of {args.gen_rounds} interleaved rounds:",
               "", *bench_generation(args.gen_rounds, shapes)]  # fmt: skip
