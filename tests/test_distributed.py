@@ -67,14 +67,14 @@ def runs(tmp_path_factory, corpus):
     without the full logits) with B per rank, stopped after step 5 and resumed from its sharded checkpoint. The
     reference runs its matmuls in ATen, DDP and FSDP theirs in oneDNN where big enough (the MLP's here)."""
     cwd = tmp_path_factory.mktemp("scale")
-    # Two 1-thread processes at a time: the machine has 2 cores.
+    # 1-thread processes; the three single-process runs together (most of their time is start-up, on one core each).
+    tokens = str(2 * B * 32)  # 2B windows of block_size 32
+    every_5 = ["--trainer.val_check_interval", "5"]
     finish(
         start(corpus, cwd, "single", "--data.batch_size", str(2 * B), "--model.cpu_matmul", "aten"),
         start(corpus, cwd, "accumulate", "--data.batch_size", str(B), "--trainer.accumulate_grad_batches", "2"),
+        start(corpus, cwd, "tokens", "--data.batch_size", str(B), "--global_batch.tokens", tokens, *every_5),
     )
-    tokens = str(2 * B * 32)  # 2B windows of block_size 32
-    every_5 = ["--trainer.val_check_interval", "5"]
-    finish(start(corpus, cwd, "tokens", "--data.batch_size", str(B), "--global_batch.tokens", tokens, *every_5))
     onednn = ["--model.cpu_matmul", "onednn" if onednn_available() else "aten"]
     two_ranks = [*onednn, "--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy"]
     finish(start(corpus, cwd, "ddp", *two_ranks, "ddp"))
