@@ -216,13 +216,13 @@ ARMS = {  # lit-gpt's fit options (None: litgpt's own run), and the table's labe
 COMPARED = ("litgpt", "ours-compiled")  # the table's closing ratio: always run
 
 
-def parse_arms(text: str) -> list[str]:
+def parse_arms(text: str) -> tuple[str, ...]:
     """``--arms``: the training runs to make, comma-separated; litgpt's and lit-gpt's compiled ones always."""
     names = [a.strip() for a in text.split(",") if a.strip()]
     unknown = [a for a in names if a not in ARMS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
-    return [a for a in ARMS if a in names or a in COMPARED]
+    return tuple(a for a in ARMS if a in names or a in COMPARED)
 
 
 def bench_training(
@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250, help="validate every N steps, on 20 batches")
     parser.add_argument("--gen-rounds", type=int, default=3)
     arms_help = f"training runs, comma-separated (default: {','.join(ARMS)}; litgpt and ours-compiled always run)"
-    parser.add_argument("--arms", type=parse_arms, default=list(ARMS), help=arms_help)
+    parser.add_argument("--arms", type=parse_arms, default=tuple(ARMS), help=arms_help)
     parser.add_argument("--quick", action="store_true", help="the smallest generation shape only (for the tests)")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     parser.add_argument("--litgpt-run", type=Path, help=argparse.SUPPRESS)  # internal: one litgpt run
@@ -333,7 +333,7 @@ def main() -> None:
         raise SystemExit("litgpt is not installed: pip install --no-deps litgpt==0.5.13 psutil") from None
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as work:
-        lines = bench_training(args.source, args.rounds, args.steps, args.eval_every, Path(work), tuple(args.arms))
+        lines = bench_training(args.source, args.rounds, args.steps, args.eval_every, Path(work), args.arms)
     shapes = dict(list(GEN_SHAPES.items())[:1]) if args.quick else GEN_SHAPES
     lines += ["", f"Generation with the KV cache, batch 1, top-k 200, median of {args.gen_rounds} interleaved rounds:",
               "", *bench_generation(args.gen_rounds, shapes)]  # fmt: skip
