@@ -107,7 +107,10 @@ Paths are relative to the test's folder; the tests' tiny-model options (`tests/c
 
 def run_tests(log: Path) -> None:
     env = {**os.environ, "LIT_GPT_RELIABILITY_LOG": str(log)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], cwd=ROOT, env=env)
+    # -n0: one process, so the log (and the page) lists the cases in the tests' order, not the workers'
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", *TESTS], cwd=ROOT, env=env
+    )
     if r.returncode != 0:
         sys.exit(f"the reliability tests failed (exit {r.returncode}): fix them before regenerating the page")
 

@@ -9,6 +9,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): a worker per core, at most 4. The tests' training runs already use every
+    core for torch's threads; more workers than that only make them contend."""
+    return min(os.cpu_count() or 1, 4)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A small real corpus: one built-in play (Hamlet, 170 kB), written out as a plain text file."""

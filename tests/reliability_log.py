@@ -11,8 +11,8 @@ import os
 import re
 import tempfile
 
-# pytest's per-test folders: /tmp/pytest-of-USER/pytest-N/TESTNAME0/
-_TMP = re.compile(re.escape(tempfile.gettempdir()) + r"/pytest-of-[^/]+/pytest-\d+/[^/'\"\s]+/")
+# pytest's per-test folders: /tmp/pytest-of-USER/pytest-N/[popen-gwK/]TESTNAME0/ (popen-gwK: a pytest-xdist worker's)
+_TMP = re.compile(re.escape(tempfile.gettempdir()) + r"/pytest-of-[^/]+/pytest-\d+/(popen-gw\d+/)?[^/'\"\s]+/")
 
 
 def record(row: str, command: str, exit_code: int, message: str) -> None:
