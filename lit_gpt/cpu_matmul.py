@@ -1,13 +1,14 @@
 """float32 matmuls on oneDNN instead of MKL, on the CPUs where MKL is slow.
 
 PyTorch's x86 builds run float32 matmuls in Intel's MKL, which picks its kernels by the processor's vendor, not its
-instruction set: on an AMD EPYC with AVX-512 a 2048² sgemm runs at 185 GFLOP/s on 2 cores, where oneDNN (which
-PyTorch ships too, and already uses for bf16) runs the same product at 430 GFLOP/s, and 1.8-2.3x as fast at the CPU
-config's shapes. ``use_onednn_linears`` swaps the class of every plain ``nn.Linear`` (parameter names, hence
-checkpoints, are unchanged, as for LoRA) to one whose forward and backward matmuls run in oneDNN, with the same
-results to float32 rounding. Matmuls too small to gain (a token's decode step: oneDNN costs ~15 us a call to set up),
-inputs that are not float32 (bf16 weights, autocast, which routes to oneDNN by itself) and other devices keep
-``F.linear``.
+instruction set: on an AMD EPYC with AVX-512 (Zen 4) a 2048² sgemm runs at 185 GFLOP/s on 2 cores, where oneDNN
+(which PyTorch ships too, and already uses for bf16) runs the same product at 430 GFLOP/s, and 1.8-2.3x as fast at
+the CPU config's shapes. On an AMD CPU without AVX-512 (Zen 3) both use AVX2 kernels and MKL's are 0-13% faster, so
+``auto`` takes oneDNN only where the CPU has AVX-512 and MKL would not use it. ``use_onednn_linears`` swaps the
+class of every plain ``nn.Linear`` (parameter names, hence checkpoints, are unchanged, as for LoRA) to one whose
+forward and backward matmuls run in oneDNN, with the same results to float32 rounding. Matmuls too small to gain
+(a token's decode step: oneDNN costs ~15 us a call to set up), inputs that are not float32 (bf16 weights, autocast,
+which routes to oneDNN by itself) and other devices keep ``F.linear``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ def _amd_x86() -> bool:
         return False
 
 
+def _avx512() -> bool:
+    # ATen's own dispatch level ("AVX512", "AVX2", ...): what oneDNN's kernels can use and MKL's, on AMD, do not
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def cpu_matmul_problems(choice: str) -> list[str]:
     """What is wrong with a ``cpu_matmul`` choice, for the caller's list of config problems."""
     if choice not in CHOICES:
@@ -108,10 +114,10 @@ def cpu_matmul_problems(choice: str) -> list[str]:
 
 def onednn_wanted(choice: str, device: torch.device | str) -> bool:
     """Whether ``choice`` (auto, onednn or aten) means oneDNN linears for a model on ``device``. auto: on AMD x86
-    CPUs, where MKL's float32 kernels run at about half oneDNN's speed; elsewhere PyTorch's default."""
+    CPUs with AVX-512, where MKL's float32 kernels run at about half oneDNN's speed; elsewhere PyTorch's default."""
     if torch.device(device).type != "cpu" or choice == "aten":
         return False
-    return onednn_available() and (choice == "onednn" or _amd_x86())
+    return onednn_available() and (choice == "onednn" or (_amd_x86() and _avx512()))
 
 
 def use_onednn_linears(model: nn.Module) -> int:

@@ -69,9 +69,9 @@ class LitGPT(L.LightningModule):
             beta2: AdamW beta2 (0.99 for small char models, 0.95 for GPT-2 scale).
             compile: Compile the model with torch.compile (first steps are slower while it compiles).
             cpu_matmul: Library for the float32 matmuls of the linear layers on a CPU: onednn, or aten (PyTorch's
-                default: MKL on x86). auto is onednn on AMD processors, where MKL's float32 kernels run at about
-                half oneDNN's speed (1.26-1.30x faster steps on the CPU config), and aten elsewhere. The same results to
-                float32 rounding; no effect on a GPU or under bf16.
+                default: MKL on x86). auto is onednn on AMD processors with AVX-512, where MKL's float32 kernels
+                run at about half oneDNN's speed (1.26-1.30x faster steps on the CPU config), and aten elsewhere.
+                The same results to float32 rounding; no effect on a GPU or under bf16.
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
             loss_chunk_size: Compute the output layer and the loss this many tokens at a time, without ever holding
