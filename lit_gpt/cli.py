@@ -120,7 +120,7 @@ class LitGPTCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("enable_progress_bar") is not False:
-            callbacks = [*callbacks, ProgressBar(refresh_rate=10, leave=True)]  # Rich redraws 10 times a second
+            callbacks = [*callbacks, ProgressBar()]
         try:
             trainer = super()._instantiate_trainer(config, callbacks)
         except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as e:

@@ -32,6 +32,16 @@ from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 from lit_gpt.optim import configure_adamw  # noqa: E402
 
 
+def cpu_config_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One plain-loop training step as nanoGPT's loop takes it: forward, backward, clip, AdamW, free the grads."""
+    _, loss = model(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss.item()
+
+
 def arm(steps: int, reuse: bool) -> dict[str, float]:
     """One process's figures: median ms/step and page faults per step, after 20 warm-up steps."""
     applied = reuse_freed_memory() if reuse else False
@@ -44,13 +54,7 @@ def arm(steps: int, reuse: bool) -> dict[str, float]:
         if i == 20:
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
-        x, y = data[i, :, :-1], data[i, :, 1:]
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        cpu_config_step(model, optimizer, data[i, :, :-1], data[i, :, 1:])
         times.append(time.perf_counter() - start)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)

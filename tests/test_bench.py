@@ -43,6 +43,17 @@ def test_bench_train_times_the_trainer_and_the_plain_loop_in_one_run(tmp_path, c
     assert 0.3 < float(versus.group(1)) < 3
 
 
+def test_bench_progress_bar_times_each_redraw_rate_against_none():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_progress_bar.py"), "--rounds", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    frame = re.search(r"one frame of the bar: ([\d.]+) ms", r.stdout)
+    ratios = re.findall(r"redrawn (\d+) times a second, from a thread: \*\*([\d.]+)x\*\*", r.stdout)
+    assert frame and float(frame.group(1)) > 0, r.stdout
+    assert [fps for fps, _ in ratios] == ["10", "2"], r.stdout
+    assert all(0.5 < float(x) < 2 for _, x in ratios), r.stdout  # the same steps: a broken timer lands far off
+
+
 def test_a_benchmark_replaces_its_own_section_and_keeps_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmarks_doc, "DOC", tmp_path / "benchmarks.md")
     benchmarks_doc.write_section("a", "2026-01-01", "cpu", "cmd a", ["- one"])

@@ -155,3 +155,33 @@ def test_profiler_switch_writes_a_trace(tmp_path, corpus):
     assert traces, "no profiler trace written"
     events = json.loads(traces[0].read_text())["traceEvents"]
     assert any("aten::" in e.get("name", "") for e in events)
+
+
+def test_the_progress_bar_draws_at_most_twice_a_second(tmp_path, corpus, monkeypatch):
+    # Each frame is ~2 ms of Python on a drawing thread that holds the GIL: at Lightning's 10 a second a CPU step
+    # ran 1-4% slower (scripts/bench_progress_bar.py). Count the frames of a real run through the CLI.
+    import time
+
+    from rich.live import Live
+
+    from lit_gpt.cli import fit_cli
+
+    frames = []
+    draw = Live.refresh
+    monkeypatch.setattr(Live, "refresh", lambda self: (frames.append(time.monotonic()), draw(self))[1])
+    cli = fit_cli(
+        [
+            "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY, "--data.source", str(corpus),
+            "--data.cache_dir", str(tmp_path / "data"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+            "--trainer.max_steps", "400", "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing",
+            "false", "--sample.max_new_tokens", "0", "--model.config.n_layer", "1", "--model.config.n_embd", "16",
+            "--data.batch_size", "1",
+        ],
+        run=False,
+    )  # fmt: skip
+    start = time.monotonic()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.monotonic() - start
+    assert cli.trainer.global_step == 400
+    # start and end draw once each; in between, at most one frame per half second (10 a second drew 23 in 2.4 s)
+    assert 2 <= len(frames) <= 2 * seconds + 4, (len(frames), seconds)
