@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import get_available_flops
 
 from lit_gpt.cpu_matmul import onednn_available
@@ -13,15 +14,25 @@ from lit_gpt.cpu_matmul import onednn_available
 def measure_matmul_flops(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048
 ) -> float:
-    """FLOP/s of a large square matmul on ``device``: the practical ceiling a model's matmuls can reach there. On a
-    CPU in float32, the faster of ATen's matmul (MKL on x86) and oneDNN's, which lit-gpt's linears may use
-    (lit_gpt/cpu_matmul.py)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    products = [lambda: a @ b]
+    """FLOP/s of a large square matmul on ``device``: the practical ceiling a model's matmuls can reach there. The
+    product is a linear layer's, ``x @ W.T``: on a CPU without bf16 instructions bf16 ``a @ b`` takes a path ~13x
+    slower than that layout, which the model never runs. On a CPU in float32, the faster of ATen's (MKL on x86) and
+    oneDNN's, which lit-gpt's linears may use (lit_gpt/cpu_matmul.py). ``n``: the largest size timed; a CPU stops
+    doubling from 256 once one product takes 50 ms (bf16 without bf16 instructions runs at ~15 GFLOP/s, where 2048²
+    would take a second a product), so the measurement stays about a second."""
+    size = 256 if torch.device(device).type == "cpu" else n
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        start = time.perf_counter()
+        F.linear(a, b)
+        if size >= n or time.perf_counter() - start > 0.05:
+            break
+        size *= 2
+    products = [lambda: F.linear(a, b)]
     if torch.device(device).type == "cpu" and dtype == torch.float32 and onednn_available():
-        products.append(lambda: torch.ops.lit_gpt.onednn_linear(a, b, None))  # a @ b.T: the same FLOPs
-    return max(_rate(product, device, 2 * n**3) for product in products)
+        products.append(lambda: torch.ops.lit_gpt.onednn_linear(a, b, None))  # the same product in oneDNN
+    return max(_rate(product, device, 2 * size**3) for product in products)
 
 
 def _rate(product, device: torch.device | str, flops: int) -> float:
