@@ -20,7 +20,8 @@ def measure_matmul_flops(
     oneDNN's, which lit-gpt's linears may use (lit_gpt/cpu_matmul.py). ``n``: the largest size timed; a CPU stops
     doubling from 256 once one product takes 50 ms (bf16 without bf16 instructions runs at ~15 GFLOP/s, where 2048²
     would take a second a product), so the measurement stays about a second."""
-    size = 256 if torch.device(device).type == "cpu" else n
+    cpu = torch.device(device).type == "cpu"
+    size = 256 if cpu else n
     while True:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
@@ -30,7 +31,7 @@ def measure_matmul_flops(
             break
         size *= 2
     products = [lambda: F.linear(a, b)]
-    if torch.device(device).type == "cpu" and dtype == torch.float32 and onednn_available():
+    if cpu and dtype == torch.float32 and onednn_available():
         products.append(lambda: torch.ops.lit_gpt.onednn_linear(a, b, None))  # the same product in oneDNN
     return max(_rate(product, device, 2 * size**3) for product in products)
 

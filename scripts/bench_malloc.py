@@ -32,6 +32,13 @@ from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 from lit_gpt.optim import configure_adamw  # noqa: E402
 
 
+def cpu_config_model() -> tuple[GPT, torch.optim.Optimizer]:
+    """The CPU config's model (4 layers, 4 heads, 128 wide, block 64, 65 characters) and lit-gpt's AdamW, seeded."""
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False))
+    return model, configure_adamw(model, 1e-3, 0.1, (0.9, 0.99))
+
+
 def cpu_config_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
     """One plain-loop training step as nanoGPT's loop takes it: forward, backward, clip, AdamW, free the grads."""
     _, loss = model(x, y)
@@ -45,9 +52,7 @@ def cpu_config_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tenso
 def arm(steps: int, reuse: bool) -> dict[str, float]:
     """One process's figures: median ms/step and page faults per step, after 20 warm-up steps."""
     applied = reuse_freed_memory() if reuse else False
-    torch.manual_seed(1337)
-    model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False))
-    optimizer = configure_adamw(model, 1e-3, 0.1, (0.9, 0.99))
+    model, optimizer = cpu_config_model()
     data = torch.randint(0, 65, (steps + 20, 12, 65))
     times = []
     for i in range(steps + 20):

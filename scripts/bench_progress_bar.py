@@ -28,12 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from bench_malloc import cpu_config_step  # noqa: E402
+from bench_malloc import cpu_config_model, cpu_config_step  # noqa: E402
 from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.callbacks import ProgressBar  # noqa: E402
-from lit_gpt.model import GPT, GPTConfig  # noqa: E402
-from lit_gpt.optim import configure_adamw  # noqa: E402
 
 ARMS = (0, 10, round(1 / ProgressBar.REDRAW_SECONDS))  # frames a second; 0: the bar is never drawn
 
@@ -41,9 +39,7 @@ ARMS = (0, 10, round(1 / ProgressBar.REDRAW_SECONDS))  # frames a second; 0: the
 def measure(rounds: int, block: int = 10) -> tuple[dict[int, list[list[float]]], float]:
     """Step times (s) per arm, a list per round (the first step of each block is dropped: it pays for the switch),
     and the seconds one frame takes to draw."""
-    torch.manual_seed(1337)
-    model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False))
-    optimizer = configure_adamw(model, 1e-3, 0.1, (0.9, 0.99))
+    model, optimizer = cpu_config_model()
     x, y = torch.randint(0, 65, (2, 12, 64))
 
     def step() -> float:
