@@ -282,11 +282,13 @@ def generate(
         num_samples: Independent samples to print.
         seed: Random seed, so a sample can be reproduced.
         device: 'cpu', 'cuda', or 'auto' (CUDA when available).
-        use_cache: Decode with the KV cache (much faster). Within block_size the output is the same as without it;
-            past block_size the cache slides by a quarter block, so each token sees 3/4 to all of the last
+        use_cache: Decode with the KV cache (much faster). Within block_size the output is the same as without it,
+            and past it too for a rotary model (its cache keeps the last block_size tokens). With learned positions
+            the cache slides by a quarter block past block_size, so each token sees 3/4 to all of the last
             block_size tokens instead of always all of them.
         compile: torch.compile the model first. Compiling takes tens of seconds on a CPU (the prompt, single tokens
-            and the window slide each compile once), counted in the tokens/s printed: worth it for long samples.
+            and, past block_size, the window's slide or ring each compile once or twice), counted in the tokens/s
+            printed: worth it for long samples.
         dtype: The weights' and activations' type while sampling. On a GPU, bfloat16 or float16 halve the bytes
             each token reads. On a CPU keep float32: bfloat16 decoded at 0.8x float32's speed on a 2-core CPU with
             AMX (docs/benchmarks.md). Samples differ slightly from float32's, as rounding moves the probabilities.

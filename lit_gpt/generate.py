@@ -69,10 +69,12 @@ def generate_tokens(
     ``vocab_size`` is the tokenizer's: a model whose vocabulary is padded beyond it (GPT-2's 50257 to 50304, for
     faster matmuls) never samples a padding id, which no tokenizer could decode.
 
-    Prompts longer than ``block_size`` are cropped to their last ``block_size`` tokens. With the KV cache, once the
-    context fills ``block_size``, the cache is rebuilt from the last 3/4 of the window (a sliding window that moves
-    in steps, so learned absolute positions stay valid); without it, every step re-reads the last ``block_size``
-    tokens, as nanoGPT's ``generate`` does.
+    Prompts longer than ``block_size`` are cropped to their last ``block_size`` tokens. Without the KV cache, every
+    step re-reads the last ``block_size`` tokens, as nanoGPT's ``generate`` does. With it, a rotary model goes on
+    past ``block_size`` one token at a time, its cache a ring of the last ``block_size`` tokens: the same window
+    as without the cache, nothing re-read. With learned positions, once the context fills ``block_size`` the cache
+    is rebuilt from the last 3/4 of the window (a window that slides in steps, so the absolute positions stay
+    valid).
     """
     block = model.config.block_size
     keep = max(1, block - block // 4)
@@ -84,6 +86,7 @@ def generate_tokens(
 
     if use_cache:
         model.set_kv_cache(idx.size(0))
+    ring = use_cache and model.decodes_past_block()
     try:
         logits = last_logits(seq, 0 if use_cache else None)
         cached = seq.size(1)
@@ -95,7 +98,7 @@ def generate_tokens(
             seq = torch.cat([seq, nxt[:, None]], dim=1)[:, -block:]
             if not use_cache:
                 logits = last_logits(seq, None)
-            elif cached < block:
+            elif cached < block or ring:
                 logits = last_logits(nxt[:, None], cached)
                 cached += 1
             else:  # the window is full: slide it

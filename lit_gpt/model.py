@@ -179,7 +179,15 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k.size(2)
+        """Store the keys and values (B, nh, T, hs) of positions ``pos``.. and return every key and value a query
+        may see. Past ``max_len`` (one token at a time, rotary models only: see ``GPT.forward``) the cache is a ring:
+        the new token overwrites the oldest, and the slots' order does not matter to attention."""
+        T, max_len = k.size(2), self.k.size(2)
+        if pos + T > max_len:
+            pos = pos % max_len
+            self.k[:, :, pos : pos + 1] = k
+            self.v[:, :, pos : pos + 1] = v
+            return self.k, self.v  # (B, nh, max_len, hs): the last max_len tokens
         self.k[:, :, pos : pos + T] = k
         self.v[:, :, pos : pos + T] = v
         return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
@@ -346,7 +354,7 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         start = input_pos or 0
-        if start + T > self.config.block_size:
+        if T > self.config.block_size or (start + T > self.config.block_size and not self.decodes_past_block(T)):
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
         if self.config.bigram:
             logits = self.transformer.wte(idx)  # (B, T, vocab_size)
@@ -373,6 +381,17 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, input_pos, rope)
         return self.transformer.ln_f(x)  # (B, T, n_embd)
+
+    def decodes_past_block(self, T: int = 1) -> bool:
+        """Whether ``T`` new tokens may be decoded at positions past ``block_size``. A rotary model with a KV cache,
+        one token at a time: a rotary score depends only on the distance between query and key, which stays under
+        ``block_size`` in the cache's ring of the last ``block_size`` tokens, so each new token sees the whole window
+        with nothing re-read. Learned positions are tied to the window's slots: their window must be rebuilt."""
+        return (
+            T == 1
+            and self.config.position == "rotary"
+            and any(block.attn.kv_cache is not None for block in self.transformer.h)
+        )
 
     def set_kv_cache(self, batch_size: int | None, device=None, dtype=None) -> None:
         """Allocate a KV cache of ``block_size`` positions for ``batch_size`` sequences; ``None`` removes it."""

@@ -112,3 +112,17 @@ def test_bench_gives_every_speed_figure_from_one_process(tmp_path, corpus):
     rows = re.findall(r"^\| (shakespeare_char\S*) .*? \| ([\d,]+) \| [\d.]+ ms \|", r.stdout, re.M)
     assert len(rows) == 8 and all(int(tps.replace(",", "")) > 0 for _, tps in rows), r.stdout  # 2 models x 4 ways
     assert re.search(r"peak RSS of this process .*: [\d,]+ MiB", r.stdout)
+
+
+def test_bench_rotary_cache_reads_each_token_once_with_the_ring():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_rotary_cache.py"), "--model", "shakespeare_char_cpu"]
+    r = subprocess.run([*cmd, "--tokens", "150", "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    read = dict(re.findall(r"- (cache as a ring|cache, window sliding|no cache)\b.*over ([\d,]+) tokens", r.stdout))
+    read = {arm: int(n.replace(",", "")) for arm, n in read.items()}
+    # 150 tokens with block 64: the ring reads each once; the slide reads 48 instead of 1 at the forward passes
+    # 64, 81, 98, 115, 132 and 149; without a cache each pass reads the whole context
+    assert read["cache as a ring"] == 150, r.stdout
+    assert read["cache, window sliding"] == 150 + 6 * (48 - 1), r.stdout
+    assert read["no cache"] > 60 * 100, r.stdout
+    assert re.search(r"the ring over the slide: \*\*[\d.]+x\*\*", r.stdout), r.stdout

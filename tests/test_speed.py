@@ -3,6 +3,7 @@
 import io
 import json
 
+import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
 
@@ -185,3 +186,39 @@ def test_the_progress_bar_draws_at_most_twice_a_second(tmp_path, corpus, monkeyp
     assert cli.trainer.global_step == 400
     # start and end draw once each; in between, at most one frame per half second (10 a second drew 23 in 2.4 s)
     assert 2 <= len(frames) <= 2 * seconds + 4, (len(frames), seconds)
+
+
+def test_a_rotary_model_decodes_past_block_size_with_the_cache_exactly_as_without_it():
+    # Past block_size a rotary model's cache is a ring of the last block_size tokens: every token sees the same
+    # window as nanoGPT's re-read of the last block_size tokens, and nothing is re-read. (Learned positions slide
+    # the window in steps instead, so their tokens differ from the uncached ones there.)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=32, position="rotary")
+    model = GPT(config).double().eval()
+    prompts = torch.randint(0, 40, (2, 3))
+    cached = torch.stack(list(generate_tokens(model, prompts, 30, temperature=0, use_cache=True)), 1)
+    plain = torch.stack(list(generate_tokens(model, prompts, 30, temperature=0, use_cache=False)), 1)
+    assert torch.equal(cached, plain)
+    # Each token past the block was one cached forward pass of one token, never a re-read of the window.
+    lengths = []
+    hook = model.register_forward_pre_hook(lambda _, args: lengths.append(args[0].size(1)))
+    list(generate_tokens(model, prompts, 30, temperature=0))
+    hook.remove()
+    assert lengths == [3] + [1] * 29
+    # The model still refuses a chunk of several tokens past block_size, or one token without a cache.
+    model.set_kv_cache(2)
+    model(prompts, input_pos=0)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(torch.zeros(2, 8, dtype=torch.long), input_pos=4)
+    model.set_kv_cache(None)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(torch.zeros(2, 1, dtype=torch.long), input_pos=8)
+
+
+def test_learned_positions_still_slide_the_window_past_block_size():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    lengths = []
+    model.register_forward_pre_hook(lambda _, args: lengths.append(args[0].size(1)))
+    list(generate_tokens(model, torch.zeros((1, 1), dtype=torch.long), 12))
+    assert lengths == [1] * 8 + [6] + [1] * 2 + [6]  # each slide re-reads the last 3/4 of the window
