@@ -180,8 +180,8 @@ class KVCache(nn.Module):
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys and values (B, nh, T, hs) of positions ``pos``.. and return every key and value a query
-        may see. Past ``max_len`` (one token at a time, rotary models only: see ``GPT.forward``) the cache is a ring:
-        the new token overwrites the oldest, and the slots' order does not matter to attention."""
+        may see. Past ``max_len`` (one token at a time, rotary models only: ``GPT.decodes_past_block``) the cache is
+        a ring: the new token overwrites the oldest, and the slots' order does not matter to attention."""
         T, max_len = k.size(2), self.k.size(2)
         if pos + T > max_len:
             pos = pos % max_len
