@@ -15,7 +15,6 @@ import argparse
 import datetime
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
+from bench_generate import time_generation  # noqa: E402
 from benchmarks_doc import machine, write_section  # noqa: E402
 
-from lit_gpt.generate import generate_tokens  # noqa: E402
 from lit_gpt.malloc import reuse_freed_memory  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 
@@ -38,18 +37,15 @@ ARMS = ("ring", "slide", "no cache")
 
 
 def sample(model: GPT, tokens: int, use_cache: bool) -> tuple[float, int]:
-    """Seconds for one sample, and the tokens its forward passes read."""
+    """Tokens/s of one sample (bench_generate's timing: one-token prompt, top-k 200), and the tokens its forward
+    passes read."""
     read = []
     hook = model.register_forward_pre_hook(lambda _, args: read.append(args[0].size(1)))
-    generator = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
-    for _ in generate_tokens(
-        model, torch.zeros((1, 1), dtype=torch.long), tokens, top_k=200, use_cache=use_cache, generator=generator
-    ):
-        pass
-    elapsed = time.perf_counter() - start
-    hook.remove()
-    return elapsed, sum(read)
+    try:
+        tokens_per_sec = time_generation(model, tokens, use_cache, "cpu")["tokens_per_sec"]
+    finally:
+        hook.remove()
+    return tokens_per_sec, sum(read)
 
 
 def main() -> None:
@@ -68,22 +64,22 @@ def main() -> None:
     slide.decodes_past_block = lambda T=1: False  # the learned-position algorithm, on the same rotary weights
     models = {"ring": (ring, True), "slide": (slide, True), "no cache": (ring, False)}
     sample(ring, 20, True)  # warm-up: allocator, thread pool
-    seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    speed: dict[str, list[float]] = {arm: [] for arm in ARMS}
     read = {}
     for _ in range(args.rounds):
         for arm, (model, use_cache) in models.items():
-            elapsed, read[arm] = sample(model, args.tokens, use_cache)
-            seconds[arm].append(elapsed)
+            tokens_per_sec, read[arm] = sample(model, args.tokens, use_cache)
+            speed[arm].append(tokens_per_sec)
     # each round's samples ran back to back: their ratio cancels the machine's drift between rounds
-    ratio = statistics.median(s / r for r, s in zip(seconds["ring"], seconds["slide"], strict=True))
+    ratio = statistics.median(r / s for r, s in zip(speed["ring"], speed["slide"], strict=True))
     lines = [
         f"- {args.model}'s shape (block {config.block_size}, {config.n_layer} layers, {config.n_embd} wide) with "
         f"rotary positions, {args.tokens} new tokens from a one-token prompt, batch 1, top-k 200, float32; median of "
         f"{args.rounds} interleaved rounds",
     ]
     for arm, label in zip(ARMS, ("cache as a ring (the default)", "cache, window sliding", "no cache"), strict=True):
-        tps = args.tokens / statistics.median(seconds[arm])
-        lines.append(f"- {label}: {tps:,.0f} tokens/s, forward passes over {read[arm]:,} tokens")
+        tokens_per_sec = statistics.median(speed[arm])
+        lines.append(f"- {label}: {tokens_per_sec:,.0f} tokens/s, forward passes over {read[arm]:,} tokens")
     lines.append(f"- the ring over the slide: **{ratio:.3f}x** tokens/s (median of the rounds' ratios)")
     print("\n".join(lines))
     if args.write:
