@@ -45,6 +45,17 @@ def test_bench_train_times_the_trainer_and_the_plain_loop_in_one_run(tmp_path, c
     assert 0.1 < float(versus.group(1)) < 10
 
 
+def test_bench_startup_times_the_cli_with_and_without_the_hook():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_startup.py"), "--rounds", "1", "--only", "help"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = re.search(r"^\| `lit-gpt fit --help` \| ([\d.]+) s \| ([\d.]+) s \| \*\*([\d.]+)x\*\* \|$", r.stdout, re.M)
+    assert row, r.stdout
+    ours, before, ratio = map(float, row.groups())
+    assert 0 < ours and 0 < before and ratio == pytest.approx(ours / before, abs=0.01)
+    assert "optional packages installed here:" in r.stdout
+
+
 def test_bench_progress_bar_times_each_redraw_rate_against_none():
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_progress_bar.py"), "--rounds", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
