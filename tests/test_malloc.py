@@ -22,8 +22,10 @@ def faults_per_step(arm: str) -> dict:
 def test_reused_memory_spares_each_step_its_page_faults():
     default, reuse = faults_per_step("default"), faults_per_step("reuse")
     assert reuse["applied"] and not default["applied"]
-    # glibc's defaults hand each step's activations back to the OS and fault them in again (hundreds per step)
-    assert default["faults"] > 100 and reuse["faults"] < default["faults"] / 10, (default, reuse)
+    # glibc's defaults hand each step's activations back to the OS and fault them in again (hundreds per step);
+    # reused memory faults a few times a step alone, but up to ~60 beside other xdist workers (the kernel's own
+    # faults, e.g. NUMA balancing, over 10 steps), against 370-3500 without
+    assert default["faults"] > 100 and reuse["faults"] < default["faults"] / 5, (default, reuse)
 
 
 @pytest.mark.parametrize(
