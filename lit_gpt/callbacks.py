@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import RunningStage
 
 from lit_gpt.flops import peak_flops
 from lit_gpt.generate import generate_text
-from lit_gpt.parallel import gather_on_rank_zero, is_sharded
+from lit_gpt.parallel import gather_on_rank_zero, is_sharded, uncompiled
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -159,15 +159,16 @@ class SampleText(L.Callback):
         was_training = model.training
         model.eval()
         try:
-            text = generate_text(
-                model,
-                pl_module.tokenizer,
-                self.prompt,
-                self.max_new_tokens,
-                self.temperature,
-                self.top_k,
-                generator=generator,
-            )
+            with uncompiled():  # 200 tokens: compiling their graphs would take far longer than drawing them
+                text = generate_text(
+                    model,
+                    pl_module.tokenizer,
+                    self.prompt,
+                    self.max_new_tokens,
+                    self.temperature,
+                    self.top_k,
+                    generator=generator,
+                )
         finally:
             model.train(was_training)
         self.last_sample = text
