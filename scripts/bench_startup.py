@@ -30,7 +30,7 @@ from lit_gpt.startup import EXTRAS  # noqa: E402
 
 ARMS = {
     "lit-gpt": [sys.executable, "-m", "lit_gpt.cli"],
-    "without the hook": [sys.executable, "-c", "import sys, lightning; from lit_gpt.cli import main; main()"],
+    "without the hook": [sys.executable, "-c", "import lightning; from lit_gpt.cli import main; main()"],
 }
 
 
@@ -96,7 +96,7 @@ def main() -> None:
     lines = measure(args.rounds, args.only)
     print("\n".join(lines))
     if args.write:
-        cmd = "python scripts/bench_startup.py " + " ".join(sys.argv[1:])
+        cmd = "python scripts/bench_startup.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
         write_section("bench_startup", datetime.date.today().isoformat(), machine(), cmd, lines)
 
 
