@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -10,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage
 
-from lit_gpt.flops import peak_flops
+from lit_gpt.flops import dense_gpu_peak, peak_flops
 from lit_gpt.generate import generate_text
 from lit_gpt.parallel import gather_on_rank_zero, is_sharded, uncompiled
 
@@ -36,10 +37,18 @@ class TokenThroughput(ThroughputMonitor):
         self._pending_flops: dict[RunningStage, int] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
         device = trainer.strategy.root_device
-        if self.available_flops is None and device.type == "cpu" and self.measure_cpu_peak:
-            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+        precision = str(trainer.precision)
+        dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
+        # A GPU that Lightning's table misses or lists with sparse figures (the H200): lit_gpt.flops' dense peak.
+        dense = dense_gpu_peak(torch.cuda.get_device_name(device), dtype) if device.type == "cuda" else None
+        with warnings.catch_warnings():
+            if dense:
+                warnings.filterwarnings("ignore", message="FLOPs not found")  # Lightning's, for a chip we know
+            super().setup(trainer, pl_module, stage)
+        if dense:
+            self.available_flops = dense
+        elif self.available_flops is None and device.type == "cpu" and self.measure_cpu_peak:
             self.available_flops = peak_flops(device, dtype)
         for throughput in self._throughputs.values():
             throughput.available_flops = self.available_flops

@@ -1,4 +1,5 @@
-"""The device's peak FLOP/s, the denominator of MFU: from Lightning's table for known GPUs, measured for a CPU."""
+"""The device's peak FLOP/s, the denominator of MFU: from spec sheets for GPUs (Lightning's table, and ours for the
+chips it gets wrong), measured for a CPU."""
 
 from __future__ import annotations
 
@@ -50,9 +51,35 @@ def _rate(product, device: torch.device | str, flops: int) -> float:
             return flops * reps / elapsed
 
 
+# Dense (no 2:4 sparsity) tensor-core peaks of GPUs that Lightning's table misses. It lists the H200 only under the
+# names "h200 sxm1" and "h200 nvl1", which no driver reports (torch says "NVIDIA H200"), so MFU was not logged on one,
+# and with the datasheet's with-sparsity figures (2e15 bf16): twice what a training step's dense matmuls can reach.
+# Source: NVIDIA's H200 datasheet; the SXM part has the H100 SXM's tensor cores and clocks.
+_DENSE_PEAKS: dict[str, dict[str, float]] = {
+    "h200 nvl": {"float32": 60e12, "tfloat32": 417.5e12, "bfloat16": 835.5e12, "float16": 835.5e12},
+    "h200": {"float32": 66.9e12, "tfloat32": 494.7e12, "bfloat16": 989.4e12, "float16": 989.4e12},
+}
+
+
+def dense_gpu_peak(device_name: str, dtype: torch.dtype) -> float | None:
+    """lit-gpt's own dense peak for a GPU named ``device_name`` (as ``torch.cuda.get_device_name`` says), or None
+    where Lightning's table is to be used. float32 means TF32 unless matmul precision is "highest", as in Lightning."""
+    name = device_name.lower()
+    chip = next((c for c in _DENSE_PEAKS if all(word in name for word in c.split())), None)
+    if chip is None:
+        return None
+    key = str(dtype).removeprefix("torch.")
+    if key == "float32" and torch.get_float32_matmul_precision() != "highest":
+        key = "tfloat32"
+    return _DENSE_PEAKS[chip].get(key)
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Lightning's figure for known accelerators; for a CPU, a matmul measured now (the CPU has no spec sheet)."""
+    """The spec sheet's dense figure for a GPU (ours, then Lightning's table); for a CPU, a matmul measured now (the
+    CPU has no spec sheet)."""
     if device.type == "cpu":
         return measure_matmul_flops(device, dtype)
+    if device.type == "cuda" and (dense := dense_gpu_peak(torch.cuda.get_device_name(device), dtype)):
+        return dense
     flops = get_available_flops(device, dtype)
     return float(flops) if flops else None
