@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from lit_gpt.attention_kernel import AttentionKernel, attention_kernel, attention_kernel_problems
 from lit_gpt.cpu_matmul import cpu_matmul_problems, onednn_wanted, use_onednn_linears
 from lit_gpt.errors import LitGPTError
 from lit_gpt.finetune import apply_finetune, finetune_problems
@@ -49,6 +50,7 @@ class LitGPT(L.LightningModule):
         compile: bool = False,
         compile_validation: bool | None = None,
         cpu_matmul: Literal["auto", "onednn", "aten"] = "auto",
+        attention_kernel: AttentionKernel = "auto",
         activation_checkpointing: bool = False,
         loss_chunk_size: int = 0,
         init_from: str | None = None,
@@ -78,6 +80,10 @@ class LitGPT(L.LightningModule):
                 default: MKL on x86). auto is onednn on AMD processors with AVX-512, where MKL's float32 kernels
                 run at about half oneDNN's speed (1.26-1.30x faster steps on the CPU config), and aten elsewhere.
                 The same results to float32 rounding; no effect on a GPU or under bf16.
+            attention_kernel: The kernel that computes attention in training and validation steps. auto is
+                PyTorch's choice (FlashAttention-2 on most NVIDIA GPUs); cudnn is NVIDIA's cuDNN kernel (GPUs only),
+                faster on Hopper GPUs (docs/benchmarks.md); flash, efficient (GPUs only) and math name the others.
+                Naming one makes a run fail clearly where it cannot run, instead of falling back to a slower one.
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
             loss_chunk_size: Compute the output layer and the loss this many tokens at a time, without ever holding
@@ -115,6 +121,7 @@ class LitGPT(L.LightningModule):
         if not isinstance(loss_chunk_size, int) or loss_chunk_size < 0:
             problems.append(f"loss_chunk_size must be a whole number >= 0 (0 is off), got {loss_chunk_size!r}")
         problems += cpu_matmul_problems(cpu_matmul)
+        problems += attention_kernel_problems(attention_kernel)
         problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
         if init_from is None and (lora_rank > 0 or freeze_layers > 0 or freeze_embeddings):
             # Frozen random weights, or adapters on them, train nothing worth having.
@@ -195,6 +202,8 @@ class LitGPT(L.LightningModule):
             lora_dropout=hp.get("lora_dropout", 0.0),
         )
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        if problems := attention_kernel_problems(hp.get("attention_kernel", "auto"), device):
+            raise LitGPTError(problems[0])
         if onednn_wanted(hp.get("cpu_matmul", "auto"), device):
             use_onednn_linears(self.model)  # after LoRA, whose layers keep F.linear; before compile
         # Sharding (under ModelParallelStrategy), activation checkpointing and compile come from outside the model.
@@ -212,7 +221,8 @@ class LitGPT(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        _, loss = self.model(x, y)
+        with attention_kernel(self.hparams.get("attention_kernel", "auto")):
+            _, loss = self.model(x, y)
         if self._flops_shape != tuple(x.shape):  # counting parameters every step costs ~0.5 ms on a CPU
             self._flops_shape = tuple(x.shape)
             self.flops_per_batch = self.model.flops_per_token(x.size(1)) * x.numel()
@@ -230,7 +240,8 @@ class LitGPT(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        with uncompiled() if self._validates_uncompiled() else contextlib.nullcontext():
+        eager = uncompiled() if self._validates_uncompiled() else contextlib.nullcontext()
+        with eager, attention_kernel(self.hparams.get("attention_kernel", "auto")):
             _, loss = self.model(x, y)
         scored = (y != IGNORE_INDEX).sum()  # 0 in a padding batch (every rank runs as many batches: FixedWindows)
         self.val_loss.update(torch.where(scored > 0, loss, 0.0), weight=scored)

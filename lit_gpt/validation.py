@@ -85,6 +85,20 @@ def _constructor_problem(build: Any) -> list[str]:
     return []
 
 
+def _attention_problems(model: Any, trainer: Any) -> list[str]:
+    """A GPU-only attention kernel for a run that will train on the CPU."""
+    from lit_gpt.attention_kernel import attention_kernel_problems
+
+    kernel = model.get("attention_kernel") if model is not None and hasattr(model, "get") else None
+    accelerator = trainer.get("accelerator") if hasattr(trainer, "get") else None
+    if not isinstance(kernel, str) or not isinstance(accelerator, str):
+        return []
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return attention_kernel_problems(kernel, torch.device("cpu")) if on_cpu else []
+
+
 def check_fit_config(config: Any) -> None:
     """Raise one ``LitGPTError`` listing every problem in a parsed fit/validate config (a jsonargparse Namespace)."""
     from lit_gpt.data import TextDataModule  # here, not at the top: keeps this module light for the docs script
@@ -104,5 +118,6 @@ def check_fit_config(config: Any) -> None:
     trainer = config.get("trainer")
     if trainer is not None:
         problems += trainer_problems(trainer)
+        problems += [f"model.{p}" for p in _attention_problems(model, trainer)]
     if problems:
         raise LitGPTError("; ".join(problems))
