@@ -1,5 +1,6 @@
 """The benchmark scripts still run and report what docs/benchmarks.md shows (tiny model, few steps)."""
 
+import json
 import os
 import re
 import subprocess
@@ -88,15 +89,36 @@ def test_a_section_names_the_processor_and_its_bf16_instructions():
 
 
 def test_bench_gpt2_times_optimizer_steps_for_each_grid_point(tmp_path):
+    rows_file = tmp_path / "rows.jsonl"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_gpt2.py"), "--tiny", "--steps", "3", "--warmup", "2"]
-    cmd += ["--batch", "2,4", "--accumulate", "2", "--compile", "off", "--attention", "auto,math"]
+    cmd += ["--batch", "2,4x1", "--accumulate", "2", "--compile", "off", "--attention", "auto,math"]
+    cmd += ["--json", str(rows_file), "--profile", "2"]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = re.findall(r"^\| (\d+) x 64 x 2 \| off \| (\w+) \| off \| ([\d.]+) \| ([\d,]+) \|", r.stdout, re.M)
-    rows = {(int(b), attn): (float(ms), int(tps.replace(",", ""))) for b, attn, ms, tps in rows}
-    assert set(rows) == {(2, "auto"), (2, "math"), (4, "auto"), (4, "math")}, r.stdout
-    for (batch, _), (ms, tps) in rows.items():  # tokens/s is an optimizer step's 2 micro-batches over its time
-        assert abs(tps - batch * 64 * 2 / (ms / 1e3)) / tps < 0.02
+    table = r.stdout[r.stdout.index("| micro-batch") :]  # the summary, after the rows printed as they came
+    rows = re.findall(r"^\| (\d+) x 64 x (\d) \| off \| (\w+) \| off \| ([\d.]+) \| ([\d,]+) \|", table, re.M)
+    rows = {(int(b), int(a), attn): (float(ms), int(tps.replace(",", ""))) for b, a, attn, ms, tps in rows}
+    # "4x1" overrides --accumulate for its own rows; a plain "2" takes it
+    assert set(rows) == {(2, 2, "auto"), (2, 2, "math"), (4, 1, "auto"), (4, 1, "math")}, r.stdout
+    for (batch, accumulate, _), (ms, tps) in rows.items():  # an optimizer step's micro-batches over its time
+        assert abs(tps - batch * 64 * accumulate / (ms / 1e3)) / tps < 0.02
+    saved = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert {(row["batch"], row["accumulate"], row["attention"]) for row in saved} == set(rows)
+    # --profile: each row's time by kernel family, after the timed steps
+    assert table.count("Where a step's time goes") == 4
+    shares = re.findall(r"^\| [^|]+ \| ([\d.]+) \| ([\d.]+)% \|$", table, re.M)
+    assert len(shares) >= 4 and sum(float(ms) for ms, _ in shares) > 0
+
+
+def test_bench_gpt2_keeps_the_grid_going_past_a_row_that_fails(tmp_path):
+    # cuDNN attention does not exist on a CPU: that row says why, and the next one still runs
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_gpt2.py"), "--tiny", "--steps", "2", "--warmup", "2"]
+    cmd += ["--batch", "2", "--compile", "off", "--attention", "cudnn,auto"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = r.stdout[r.stdout.index("| micro-batch") :]
+    assert re.search(r"^\| 2 x 64 x 1 \| off \| cudnn \| off \| failed: \w+", table, re.M), table
+    assert re.search(r"^\| 2 x 64 x 1 \| off \| auto \| off \| [\d.]+ \|", table, re.M), table
 
 
 def test_bench_litgpt_trains_both_projects_on_the_same_batches(tmp_path, corpus):
