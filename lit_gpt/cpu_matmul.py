@@ -1,15 +1,17 @@
 """float32 matmuls on oneDNN instead of MKL, on the CPUs where MKL is slow.
 
 PyTorch's x86 builds run float32 matmuls in Intel's MKL, which picks its kernels by the processor's vendor, not its
-instruction set: on an AMD EPYC with AVX-512 (Zen 4) a 2048² sgemm runs at 185 GFLOP/s on 2 cores, where oneDNN
-(which PyTorch ships too, and already uses for bf16) runs the same product at 430 GFLOP/s, and 1.8-2.3x as fast at
-the CPU config's shapes. On an AMD CPU without AVX-512 (Zen 3) both use AVX2 kernels and MKL's are 0-13% faster, so
-``auto`` takes oneDNN only where the CPU has AVX-512 and MKL would not use it. ``use_onednn_linears`` swaps the
-class of every plain ``nn.Linear`` (parameter names, hence checkpoints, are unchanged, as for LoRA) to one whose
-forward and backward matmuls run in oneDNN, with the same results to float32 rounding. Matmuls too small to gain
-(a token's decode step: oneDNN costs ~15 us a call to set up), inputs that are not float32 (bf16 weights, autocast,
-which routes to oneDNN by itself) and other devices keep ``F.linear``.
-"""
+instruction set: on an AMD EPYC with full-width AVX-512 (a Zen 5, by its rate: the 2026-12-02 host, whose oneDNN
+rate no 256-bit datapath reaches on 2 cores) a 2048² sgemm runs at 185 GFLOP/s on 2 cores, where oneDNN (which
+PyTorch ships too, and already uses for bf16) runs the same product at 430 GFLOP/s, and 1.8-2.3x as fast at the CPU
+config's shapes. Zen 4 has AVX-512 too but runs it on 256-bit units, two halves per instruction, so oneDNN's AVX-512
+kernels have no edge over MKL's AVX2 ones there (219 against 150-191 GFLOP/s at 2048², and the CPU config's steps
+0.93x-1.02x MKL's); on an AMD CPU without AVX-512 (Zen 3) both use AVX2 kernels and MKL's are 0-13% faster. So
+``auto`` takes oneDNN only on AMD CPUs with AVX-512 of family 0x1A (Zen 5) or newer. ``use_onednn_linears`` swaps
+the class of every plain ``nn.Linear`` (parameter names, hence checkpoints, are unchanged, as for LoRA) to one whose
+forward and backward matmuls run in oneDNN, with the same results to float32 rounding. Matmuls too small to gain (a
+token's decode step: oneDNN costs ~15 us a call to set up), inputs that are not float32 (bf16 weights, autocast,
+which routes to oneDNN by itself) and other devices keep ``F.linear``."""
 
 from __future__ import annotations
 
@@ -98,6 +100,21 @@ def _amd_x86() -> bool:
         return False
 
 
+@cache
+def _amd_family() -> int:
+    """The processor family /proc/cpuinfo gives (25 = 0x19: Zen 3 and Zen 4; 26 = 0x1A: Zen 5); 0 if unknown."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return 0
+    line = next((x for x in info.splitlines() if x.startswith("cpu family")), "")
+    value = line.partition(":")[2].strip()
+    return int(value) if value.isdigit() else 0
+
+
+ZEN5_FAMILY = 0x1A  # the first AMD family whose AVX-512 runs on 512-bit units
+
+
 def _avx512() -> bool:
     # ATen's own dispatch level ("AVX512", "AVX2", ...): what oneDNN's kernels can use and MKL's, on AMD, do not
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
@@ -114,10 +131,12 @@ def cpu_matmul_problems(choice: str) -> list[str]:
 
 def onednn_wanted(choice: str, device: torch.device | str) -> bool:
     """Whether ``choice`` (auto, onednn or aten) means oneDNN linears for a model on ``device``. auto: on AMD x86
-    CPUs with AVX-512, where MKL's float32 kernels run at about half oneDNN's speed; elsewhere PyTorch's default."""
+    CPUs with full-width AVX-512 (Zen 5 on), where MKL's float32 kernels run at about half oneDNN's speed; elsewhere
+    PyTorch's default."""
     if torch.device(device).type != "cpu" or choice == "aten":
         return False
-    return onednn_available() and (choice == "onednn" or (_amd_x86() and _avx512()))
+    full_width_avx512 = _amd_x86() and _avx512() and _amd_family() >= ZEN5_FAMILY
+    return onednn_available() and (choice == "onednn" or full_width_avx512)
 
 
 def use_onednn_linears(model: nn.Module) -> int:

@@ -77,8 +77,9 @@ class LitGPT(L.LightningModule):
                 the first validation. Empty: on a GPU, where a long run's many validations repay it, but not on a
                 CPU, where it took 14 s to compile for a forward pass 1.03-1.16x as fast (the CPU config, 2 cores).
             cpu_matmul: Library for the float32 matmuls of the linear layers on a CPU: onednn, or aten (PyTorch's
-                default: MKL on x86). auto is onednn on AMD processors with AVX-512, where MKL's float32 kernels
-                run at about half oneDNN's speed (1.26-1.30x faster steps on the CPU config), and aten elsewhere.
+                default: MKL on x86). auto is onednn on AMD processors with full-width AVX-512 (Zen 5 on), where
+                MKL's float32 kernels run at about half oneDNN's speed (1.26-1.30x faster steps on the CPU config),
+                and aten elsewhere (Zen 4's AVX-512 runs on 256-bit units: no faster than MKL's AVX2 there).
                 The same results to float32 rounding; no effect on a GPU or under bf16.
             attention_kernel: The kernel that computes attention in training and validation steps. auto is
                 PyTorch's choice (FlashAttention-2 on most NVIDIA GPUs); cudnn is NVIDIA's cuDNN kernel (GPUs only),
