@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import shlex
 import statistics
 import sys
 import tempfile
@@ -232,14 +233,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps per measurement (the first 10%% are warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of plain loop and Trainer")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
+    parser.add_argument("--section", help="the docs/benchmarks.md section (default: from the config and arguments)")
     args, extra = parser.parse_known_args()
     lines, _ = measure(args.config, args.steps, args.rounds, extra)
     print("\n".join(lines))
     if args.write:
         when = datetime.date.today().isoformat()
         host = machine()
-        cmd = "python scripts/bench_train.py " + " ".join(sys.argv[1:])
-        write_section(f"bench_train {Path(args.config).stem} {' '.join(extra)}".strip(), when, host, cmd, lines)
+        cmd = shlex.join(["python", "scripts/bench_train.py", *(a for a in sys.argv[1:] if a != "--write")])
+        title = args.section or f"bench_train {Path(args.config).stem} {' '.join(extra)}".strip()
+        write_section(title, when, host, cmd, lines)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ def write_section(name: str, date: str, machine: str, command: str, lines: list[
 
 
 def cpu_name() -> str:
-    """The processor's model name, and whether it has bf16 matrix instructions (AMX or AVX512-BF16): hosts of one
-    machine kind differ there, and bf16 speed with them."""
+    """The processor's model name and family, and whether it has bf16 matrix instructions (AMX or AVX512-BF16):
+    hosts of one machine kind differ there, and bf16 speed with them."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux
@@ -40,7 +40,10 @@ def cpu_name() -> str:
     flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
     flags = set(flags.group(1).split()) if flags else set()
     bf16 = "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no bf16 instructions"
-    return f"{name.group(1).strip() if name else platform.processor() or 'unknown CPU'} ({bf16})"
+    # The family tells generations apart that share a name and flags: AMD's 25 (Zen 3/4) from 26 (Zen 5)
+    family = re.search(r"^cpu family\s*:\s*(\d+)$", info, re.M)
+    model = f"{name.group(1).strip() if name else platform.processor() or 'unknown CPU'}"
+    return f"{model}{f' family {family.group(1)}' if family else ''} ({bf16})"
 
 
 def machine(*extra: str) -> str:
