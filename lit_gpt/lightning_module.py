@@ -82,9 +82,9 @@ class LitGPT(L.LightningModule):
                 and aten elsewhere (Zen 4's AVX-512 runs on 256-bit units: no faster than MKL's AVX2 there).
                 The same results to float32 rounding; no effect on a GPU or under bf16.
             attention_kernel: The kernel that computes attention in training and validation steps. auto is
-                PyTorch's choice (FlashAttention-2 on most NVIDIA GPUs); cudnn is NVIDIA's cuDNN kernel (GPUs only),
-                faster on Hopper GPUs (docs/benchmarks.md); flash, efficient (GPUs only) and math name the others.
-                Naming one makes a run fail clearly where it cannot run, instead of falling back to a slower one.
+                PyTorch's own choice (cuDNN's for GPT-2's shapes on an H200 with torch 2.11, FlashAttention-2 within
+                0.5% of it there); flash, cudnn and efficient (the last two GPUs only) and math name one. Naming
+                one makes a run fail clearly where it cannot run, instead of falling back to a slower one.
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
             loss_chunk_size: Compute the output layer and the loss this many tokens at a time, without ever holding
