@@ -91,23 +91,21 @@ def onednn_available() -> bool:
 
 
 @cache
-def _amd_x86() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text, read once; empty where there is none (not Linux)."""
     try:
-        return "AuthenticAMD" in Path("/proc/cpuinfo").read_text(errors="replace")
+        return Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return False
+        return ""
 
 
-@cache
+def _amd_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64") and "AuthenticAMD" in _cpuinfo()
+
+
 def _amd_family() -> int:
     """The processor family /proc/cpuinfo gives (25 = 0x19: Zen 3 and Zen 4; 26 = 0x1A: Zen 5); 0 if unknown."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return 0
-    line = next((x for x in info.splitlines() if x.startswith("cpu family")), "")
+    line = next((x for x in _cpuinfo().splitlines() if x.startswith("cpu family")), "")
     value = line.partition(":")[2].strip()
     return int(value) if value.isdigit() else 0
 
