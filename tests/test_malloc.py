@@ -12,7 +12,7 @@ from lit_gpt.malloc import reuse_freed_memory
 
 
 def faults_per_step(arm: str) -> dict:
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_malloc.py"), "--arm", arm, "--steps", "10"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_malloc.py"), "--arm", arm, "--steps", "20"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=300).stdout
     return json.loads(out.splitlines()[-1])
@@ -22,10 +22,12 @@ def faults_per_step(arm: str) -> dict:
 def test_reused_memory_spares_each_step_its_page_faults():
     default, reuse = faults_per_step("default"), faults_per_step("reuse")
     assert reuse["applied"] and not default["applied"]
-    # glibc's defaults hand each step's activations back to the OS and fault them in again (hundreds per step);
-    # reused memory faults a few times a step alone, but up to ~60 beside other xdist workers (the kernel's own
-    # faults, e.g. NUMA balancing, over 10 steps), against 370-3500 without
-    assert default["faults"] > 100 and reuse["faults"] < default["faults"] / 5, (default, reuse)
+    # glibc's defaults hand each step's activations back to the OS and fault them in again: 100-3500 faults a step
+    # on average, depending on the host. With reused memory the median step faults not at all. Its mean is no
+    # measure: beside other xdist workers the kernel's own faults come in bursts (29 a step over 10 steps once,
+    # when a step took 1.9 s), which the median step ignores.
+    assert default["faults"] > 50, default
+    assert reuse["median_step_faults"] <= 5, (default, reuse)
 
 
 @pytest.mark.parametrize(
