@@ -5,6 +5,11 @@ PyTorch picks a kernel by itself ("auto": cuDNN's for GPT-2's shapes on an H200 
 FlashAttention-2 was within 0.5% of it). Naming one pins it across PyTorch versions and GPUs (pin flash where a cuDNN
 version misbehaves), and makes a run fail loudly instead of silently falling back to a slow one. Under
 ``torch.compile`` the kernel is fixed when the graph is traced, inside the step, so it holds there too.
+
+On a CPU, bf16 training (``bf16-mixed`` or ``bf16-true``) attends in float32 when the context is short: PyTorch's
+CPU flash-attention kernel (torch 2.13) runs forward and backward 2.7x slower in bf16 than in float32 at the CPU
+config's shape (T 64, head size 32), 1.1-1.3x at T 256, and only pulls ahead from T 1024 (0.8x), so at block 64
+bf16 attention took back all that bf16's matmuls gained (docs/benchmarks.md, "bf16 attention on a CPU").
 """
 
 from __future__ import annotations
@@ -37,3 +42,21 @@ def attention_kernel(kernel: str) -> contextlib.AbstractContextManager:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, _BACKENDS[kernel]))
+
+
+FLOAT32_ATTENTION_UP_TO = 256  # the longest context at which a CPU attends faster in float32 than in bf16 (see above)
+
+
+def float32_attention_wanted(device: torch.device | str, block_size: int) -> bool:
+    """Whether a model on ``device`` should attend in float32 when its activations are bf16: on a CPU, for contexts
+    up to ``FLOAT32_ATTENTION_UP_TO`` tokens. A float32 run is unaffected either way."""
+    return torch.device(device).type == "cpu" and block_size <= FLOAT32_ATTENTION_UP_TO
+
+
+def attend_in_float32(model: torch.nn.Module) -> int:
+    """Make every attention layer of ``model`` compute attention in float32 (results in the inputs' dtype, so the
+    rest of the step keeps its precision); returns how many layers."""
+    layers = [m for m in model.modules() if hasattr(m, "attention_dtype")]
+    for layer in layers:
+        layer.attention_dtype = torch.float32
+    return len(layers)

@@ -17,7 +17,13 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from lit_gpt.attention_kernel import AttentionKernel, attention_kernel, attention_kernel_problems
+from lit_gpt.attention_kernel import (
+    AttentionKernel,
+    attend_in_float32,
+    attention_kernel,
+    attention_kernel_problems,
+    float32_attention_wanted,
+)
 from lit_gpt.cpu_matmul import cpu_matmul_problems, onednn_wanted, use_onednn_linears
 from lit_gpt.errors import LitGPTError
 from lit_gpt.finetune import apply_finetune, finetune_problems
@@ -207,6 +213,8 @@ class LitGPT(L.LightningModule):
             raise LitGPTError(problems[0])
         if onednn_wanted(hp.get("cpu_matmul", "auto"), device):
             use_onednn_linears(self.model)  # after LoRA, whose layers keep F.linear; before compile
+        if float32_attention_wanted(device, self.config.block_size):
+            attend_in_float32(self.model)  # bf16 on a CPU: PyTorch's attention kernel is faster in float32 there
         # Sharding (under ModelParallelStrategy), activation checkpointing and compile come from outside the model.
         parallelize(
             self.model,

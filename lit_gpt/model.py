@@ -193,6 +193,19 @@ class KVCache(nn.Module):
         return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
 
 
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, is_causal: bool, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, computed in ``dtype`` when that is set and differs from the inputs'; the
+    result comes back in the inputs' dtype."""
+    out = q.dtype
+    if dtype is None or out == dtype:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+    with torch.autocast(q.device.type, enabled=False):  # autocast would cast the inputs straight back
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal).to(out)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -209,6 +222,9 @@ class CausalSelfAttention(nn.Module):
             self.q_norm, self.k_norm = nn.RMSNorm(hs), nn.RMSNorm(hs)
         self.qk_norm = config.qk_norm
         self.kv_cache: KVCache | None = None
+        # Attend in this dtype when the inputs are another (None: theirs). Set from outside the model, per device:
+        # float32 under bf16 training on a CPU, where PyTorch's attention kernel is slower in bf16 (attention_kernel.py)
+        self.attention_dtype: torch.dtype | None = None
 
     def forward(
         self, x: torch.Tensor, input_pos: int | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -232,7 +248,7 @@ class CausalSelfAttention(nn.Module):
             is_causal = T > 1
         # Flash / memory-efficient attention kernels where the device has them.
         dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)  # (B, nh, T, hs)
+        y = scaled_dot_product_attention(q, k, v, dropout_p, is_causal, self.attention_dtype)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         if self.c_proj is not None:
             y = self.c_proj(y)

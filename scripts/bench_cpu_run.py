@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
 import statistics
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def main() -> None:
     parser.add_argument("--source", default=str(shared) if shared.exists() else "tinyshakespeare")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
-    args, extra = parser.parse_known_args()
+    parser.add_argument("--section", default="CPU config end to end (issue 2's target)", help="docs section")
+    args, extra = parser.parse_known_args()  # the rest go to `lit-gpt fit`
     with tempfile.TemporaryDirectory() as workdir:
         results = {s: run(args.source, s, workdir, extra) for s in args.seeds}
     lines = [
@@ -77,9 +79,10 @@ def main() -> None:
     lines += ["", f"Anchor: {NANOGPT}."]
     print("\n".join(lines))
     if args.write:
-        host = machine("fp32")
-        cmd = "python scripts/bench_cpu_run.py " + " ".join(sys.argv[1:])
-        write_section("CPU config end to end (issue 2's target)", datetime.date.today().isoformat(), host, cmd, lines)
+        precision = extra[extra.index("--trainer.precision") + 1] if "--trainer.precision" in extra else "fp32"
+        host = machine(precision)
+        cmd = "python scripts/bench_cpu_run.py " + shlex.join(sys.argv[1:])
+        write_section(args.section, datetime.date.today().isoformat(), host, cmd, lines)
 
 
 if __name__ == "__main__":

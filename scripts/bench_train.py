@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import nanogpt_reference  # noqa: E402
 from benchmarks_doc import machine, write_section  # noqa: E402
 
+from lit_gpt.attention_kernel import attend_in_float32  # noqa: E402
 from lit_gpt.cli import fit_cli  # noqa: E402
 from lit_gpt.cpu_matmul import OneDNNLinear, use_onednn_linears  # noqa: E402
 from lit_gpt.flops import peak_flops  # noqa: E402
@@ -127,6 +128,8 @@ def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False, aten: b
     else:
         if isinstance(pl_module.model.lm_head, OneDNNLinear) and not aten:  # as the Trainer's model does
             use_onednn_linears(model)
+        if pl_module.model.transformer.h[0].attn.attention_dtype is not None:  # as the Trainer's model does
+            attend_in_float32(model)
         if compile:
             model.compile()
         optimizer = configure_adamw(model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2))
