@@ -7,9 +7,10 @@ version misbehaves), and makes a run fail loudly instead of silently falling bac
 ``torch.compile`` the kernel is fixed when the graph is traced, inside the step, so it holds there too.
 
 On a CPU, bf16 training (``bf16-mixed`` or ``bf16-true``) attends in float32 when the context is short: PyTorch's
-CPU flash-attention kernel (torch 2.13) runs forward and backward 2.7x slower in bf16 than in float32 at the CPU
-config's shape (T 64, head size 32), 1.1-1.3x at T 256, and only pulls ahead from T 1024 (0.8x), so at block 64
-bf16 attention took back all that bf16's matmuls gained (docs/benchmarks.md, "bf16 attention on a CPU").
+CPU flash-attention kernel (torch 2.13, a Zen 4) runs forward and backward 2.7x-2.9x slower in bf16 than in float32
+at the CPU config's shape (T 64, head size 32), 1.15x-1.3x slower at T 256, even at 512 and faster only from 1024
+(0.85x-0.93x). At block 64 bf16 attention took back all that bf16's matmuls gained: the compiled step was 1.02x
+float32's, and is 1.48x with attention in float32 (docs/benchmarks.md, "bf16 attention on a CPU").
 """
 
 from __future__ import annotations
