@@ -128,7 +128,7 @@ def plain_loop(trainer, pl_module, compile: bool, nanogpt: bool = False, aten: b
     else:
         if isinstance(pl_module.model.lm_head, OneDNNLinear) and not aten:  # as the Trainer's model does
             use_onednn_linears(model)
-        if pl_module.model.transformer.h[0].attn.attention_dtype is not None:  # as the Trainer's model does
+        if any(getattr(m, "attention_dtype", None) for m in pl_module.model.modules()):  # as the Trainer's model
             attend_in_float32(model)
         if compile:
             model.compile()
