@@ -16,12 +16,12 @@ float32's, and is 1.48x with attention in float32 (docs/benchmarks.md, "bf16 att
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 AttentionKernel = Literal["auto", "flash", "cudnn", "efficient", "math"]
-KERNELS: tuple[str, ...] = ("auto", "flash", "cudnn", "efficient", "math")
+KERNELS: tuple[str, ...] = get_args(AttentionKernel)
 # PyTorch's names (torch.nn.attention.SDPBackend) for ours
 _BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 _CUDA_ONLY = ("cudnn", "efficient")  # a CPU has the math kernel and a flash kernel of its own, nothing else

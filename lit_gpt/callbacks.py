@@ -13,7 +13,8 @@ from lightning.pytorch.trainer.states import RunningStage
 
 from lit_gpt.flops import dense_gpu_peak, peak_flops
 from lit_gpt.generate import generate_text
-from lit_gpt.parallel import gather_on_rank_zero, is_sharded, uncompiled
+from lit_gpt.lightning_private import accumulating, batches_that_stepped, should_update_logs
+from lit_gpt.parallel import gather_on_rank_zero, is_sharded_model, uncompiled
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -68,14 +69,14 @@ class TokenThroughput(ThroughputMonitor):
         self._batches[stage] += 1
         flops = pl_module.flops_per_batch or 0  # this rank's: Throughput multiplies by world_size
         self._pending_flops[stage] = self._pending_flops.get(stage, 0) + flops
-        if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
+        if accumulating(trainer) or not should_update_logs(trainer):
             return
         self._read_clock(trainer, stage)
         throughput = self._throughputs[stage]
         metrics = throughput.compute()
         # Straight to the loggers, at the step train/loss is logged at: Lightning's own route also flushes the event
         # file, which Lightning does anyway right after this hook, when it writes train/loss.
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = batches_that_stepped(trainer)
         named = {f"{stage.value}{throughput.separator}{k}": v for k, v in metrics.items()}
         for logger in trainer.loggers:
             logger.log_metrics(named, step=step)
@@ -159,7 +160,7 @@ class SampleText(L.Callback):
         if trainer.sanity_checking or self.max_new_tokens <= 0 or pl_module.tokenizer is None:
             return
         model = pl_module.model
-        if is_sharded(model):  # FSDP: every rank helps gather the weights, rank 0 samples from a whole copy
+        if is_sharded_model(model):  # FSDP: every rank helps gather the weights, rank 0 samples from a whole copy
             model = gather_on_rank_zero(model)
         if not trainer.is_global_zero:
             return

@@ -24,16 +24,6 @@ TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/maste
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
-def load_text(source: str, cache_dir: str | Path = "data") -> str:
-    """The whole text of any source string, checked as ``lit-gpt prepare`` checks it (a convenience for notebooks
-    and tests: training goes through ``lit_gpt.sources`` directly)."""
-    from lit_gpt.sources import resolve  # here: lit_gpt.sources imports this module
-
-    src = resolve(source, cache_dir=cache_dir)
-    src.check()
-    return src.text(cache_dir)
-
-
 def read_text_file(path: str | Path) -> str:
     """A local text file as a string, or a LitGPTError that says what is wrong with it."""
     p = Path(path).expanduser()

@@ -18,29 +18,35 @@ from __future__ import annotations
 import platform
 from functools import cache
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CHOICES = ("auto", "onednn", "aten")
+CpuMatmul = Literal["auto", "onednn", "aten"]
+CHOICES: tuple[str, ...] = get_args(CpuMatmul)
 MIN_MACS = 1 << 20  # below ~1M multiply-adds oneDNN's per-call setup costs more than MKL's slower kernel loses
 
-torch.library.define("lit_gpt::onednn_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+
+@cache
+def _register_op() -> None:
+    """Define ``lit_gpt::onednn_linear``, an op opaque to torch.compile (compiled graphs call it as it is). Done at
+    the first swap (``use_onednn_linears``), not on import: importing lit-gpt adds nothing to torch's registry."""
+    torch.library.define("lit_gpt::onednn_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+
+    @torch.library.impl("lit_gpt::onednn_linear", "cpu")
+    def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # x @ weight.T + bias; a strided weight is read as it is, a strided x is copied first (oneDNN's rules)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @torch.library.register_fake("lit_gpt::onednn_linear")
+    def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.impl("lit_gpt::onednn_linear", "cpu")
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    # x @ weight.T + bias; a strided weight is read as it is, a strided x is copied first (oneDNN's rules)
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-@torch.library.register_fake("lit_gpt::onednn_linear")
-def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-_linear = torch.ops.lit_gpt.onednn_linear  # an opaque op to torch.compile, called as it is from compiled graphs
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.lit_gpt.onednn_linear(x, weight, bias)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -71,6 +77,10 @@ class _OneDNNLinear(torch.autograd.Function):
 
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` whose float32 CPU matmuls run in oneDNN; anything else goes to ``F.linear``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _register_op()  # built directly rather than swapped in by use_onednn_linears
+        super().__init__(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -121,7 +131,7 @@ def _avx512() -> bool:
 def cpu_matmul_problems(choice: str) -> list[str]:
     """What is wrong with a ``cpu_matmul`` choice, for the caller's list of config problems."""
     if choice not in CHOICES:
-        return [f"cpu_matmul must be auto, onednn or aten, got {choice!r}"]
+        return [f"cpu_matmul must be {', '.join(CHOICES[:-1])} or {CHOICES[-1]}, got {choice!r}"]
     if choice == "onednn" and not onednn_available():
         return ["cpu_matmul onednn: this PyTorch build has no oneDNN; use auto or aten"]
     return []
@@ -140,6 +150,7 @@ def onednn_wanted(choice: str, device: torch.device | str) -> bool:
 def use_onednn_linears(model: nn.Module) -> int:
     """Swap every plain ``nn.Linear`` in ``model`` to ``OneDNNLinear`` in place; returns how many. Subclasses
     (LoRA's layers) are left as they are."""
+    _register_op()
     swapped = 0
     for module in model.modules():
         if type(module) is nn.Linear:

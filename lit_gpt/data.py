@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -27,14 +27,16 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from lit_gpt.errors import LitGPTError
 from lit_gpt.fused_loss import IGNORE_INDEX
-from lit_gpt.prepare import encode_document, prepare, tokenizer_problem
+from lit_gpt.prepare import encode_document, prepare
 from lit_gpt.sources import Source, resolve
 from lit_gpt.tokenizer import CharTokenizer, PlaceholderCharTokenizer, Tokenizer
+from lit_gpt.tokenizer_spec import TokenizerSpec, load_tokenizer, tokenizer_from_dict
 
 __all__ = ["prepare", "window_starts", "permuted_starts", "Share", "RandomWindows", "PermutedWindows", "TextDataModule"]
 
 VAL_STREAM = 2**32  # the "step" whose draw is the validation set; training steps never reach it
-SAMPLING = ("random", "permutation")
+Sampling = Literal["random", "permutation"]
+SAMPLING: tuple[str, ...] = get_args(Sampling)
 
 
 def window_starts(seed: int, step: int, count: int, high: int) -> np.ndarray:
@@ -68,10 +70,10 @@ def make_batch(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
 
-def placeholder_tokenizer(path: str, placeholder: str) -> Tokenizer:
+def placeholder_tokenizer(path: str | Path, placeholder: str) -> Tokenizer:
     """The tokenizer saved at ``path``; a char one maps unknown characters to ``placeholder``. The prepared data
     keeps its cache key: where the plain tokenizer succeeds the two give the same tokens."""
-    tok = Tokenizer.load(path)
+    tok = load_tokenizer(path)
     if not isinstance(tok, CharTokenizer):
         return tok  # byte-level BPE encodes any text
     if placeholder not in tok.stoi:
@@ -244,7 +246,7 @@ class TextDataModule(L.LightningDataModule):
         val_split: str | None = None,
         val_tokens: int = 1_000_000,
         streaming: bool = False,
-        sampling: str = "random",
+        sampling: Sampling = "random",
         num_proc: int | None = None,
         unknown: str = "error",
         placeholder: str = " ",
@@ -308,7 +310,7 @@ class TextDataModule(L.LightningDataModule):
             problems.append(f"bpe_vocab_size must be at least 257 (256 bytes + end-of-text), got {bpe_vocab_size}")
         if sampling not in SAMPLING:
             problems.append(f"sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
-        if isinstance(tokenizer, str) and (problem := tokenizer_problem(tokenizer)):
+        if isinstance(tokenizer, str) and (problem := TokenizerSpec.problem(tokenizer)):
             problems.append(problem)  # here, not when preparing: before a Trainer or a process group is built
         if streaming and tokenizer == "char":
             problems.append("streaming needs a tokenizer other than char (bpe, gpt2 or hf:PATH)")
@@ -323,7 +325,8 @@ class TextDataModule(L.LightningDataModule):
         if problems:
             raise LitGPTError("invalid data config: " + "; ".join(problems))
         self.save_hyperparameters()
-        self.source, self.tokenizer_spec = source, tokenizer
+        self.source = source
+        self.tokenizer_spec = TokenizerSpec.parse(tokenizer)  # checked above: parsed once, here
         self.batch_size, self.block_size, self.val_fraction, self.val_batches = (
             batch_size,
             block_size,
@@ -352,8 +355,8 @@ class TextDataModule(L.LightningDataModule):
     def prepare(self) -> Path:
         """Tokenize the corpus (or find it already tokenized); returns the prepared folder."""
         tokenizer = self.tokenizer_spec
-        if self.unknown == "replace" and str(tokenizer).endswith(".json") and not str(tokenizer).startswith("hf:"):
-            tokenizer = placeholder_tokenizer(tokenizer, self.placeholder)
+        if self.unknown == "replace" and tokenizer.kind == "file":
+            tokenizer = placeholder_tokenizer(tokenizer.path, self.placeholder)
         return prepare(self.source, tokenizer, self.cache_dir, self.val_fraction, **self.prepare_kwargs)
 
     def prepare_data(self) -> None:
@@ -366,7 +369,7 @@ class TextDataModule(L.LightningDataModule):
         # Every rank computes the same folder name; prepare() finds it complete and returns at once.
         self.prepared_dir = self.prepare()
         self.meta = json.loads((self.prepared_dir / "meta.json").read_text(encoding="utf-8"))
-        self.tokenizer = Tokenizer.from_dict(self.meta["tokenizer"])
+        self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
         need = self.block_size + 1
         for split, n in self.meta["tokens"].items():
             if n < need:
@@ -383,15 +386,6 @@ class TextDataModule(L.LightningDataModule):
 
     def _split(self, split: str) -> tuple[Path, str]:
         return self.prepared_dir / f"{split}.bin", self.meta["dtype"]
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # Our batches are (inputs, targets): skip Lightning's walk through arbitrary collections (0.1% of a small
-        # model's CPU step).
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
-            if batch[0].device == device:
-                return batch
-            return tuple(t.to(device, non_blocking=True) for t in batch)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -415,3 +409,34 @@ class TextDataModule(L.LightningDataModule):
         path, dtype = self._split("val")
         ds = FixedWindows(path, dtype, self.block_size, self.batch_size, self.val_batches, self.seed, rank, world)
         return DataLoader(ds, batch_size=None, num_workers=0)
+
+
+def prepare_cli(args: list[str]) -> None:
+    """``lit-gpt prepare --config CFG [--data.KEY VALUE ...]``: tokenize the ``data:`` section of a training config
+    (its other sections are ignored), so that a cluster job finds its data ready, and print where it is."""
+    import yaml  # here, not at the top: only this command reads YAML and builds its own parser
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lit-gpt prepare",
+        description="Tokenize a config's data once, into cache_dir; `lit-gpt fit` with the same config reuses it.",
+    )
+    parser.add_argument("--config", type=str, default=None, help="A training config (only its data: section is used).")
+    parser.add_class_arguments(TextDataModule, "data")
+    config = parser.parse_args(args).config
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise LitGPTError(f"config file {config!r} does not exist")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = dict(loaded.get("data") or {})
+        block_size = ((loaded.get("model") or {}).get("config") or {}).get("block_size")
+        if block_size is not None:
+            data.setdefault("block_size", block_size)  # fit links it from the model
+        parser.set_defaults({f"data.{k}": v for k, v in data.items()})
+    cfg = parser.parse_args(args)
+    dm = TextDataModule(**cfg.data.as_dict())
+    out = dm.prepare()
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    counts = ", ".join(f"{split} {n:,} tokens" for split, n in meta["tokens"].items())
+    print(f"{out}: {counts} ({meta['tokenizer']['kind']} tokenizer, {meta['dtype']})")

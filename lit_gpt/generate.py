@@ -1,4 +1,5 @@
-"""Sampling text from a trained GPT: KV-cached decoding, temperature / top-k / top-p, streaming output."""
+"""Sampling text from a trained GPT: KV-cached decoding, temperature / top-k / top-p, streaming output; and the
+``lit-gpt generate`` command."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.nn import functional as F
 
+from lit_gpt.cpu_matmul import CpuMatmul, cpu_matmul_problems, onednn_wanted, use_onednn_linears
+from lit_gpt.errors import LitGPTError
+from lit_gpt.init_from import load_for_sampling
+from lit_gpt.malloc import reuse_freed_memory
 from lit_gpt.model import GPT
-from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer import Tokenizer, UnknownCharactersError
 
 
 def sample_next(
@@ -182,3 +189,112 @@ def stream(
     out.write("\n")
     elapsed = time.perf_counter() - t0
     return {"tokens": n, "seconds": elapsed, "tokens_per_sec": n / elapsed, "time_to_first_token": first or 0.0}
+
+
+def generate(
+    *,
+    checkpoint: str,
+    prompt: str = "\n",
+    prompt_file: str | None = None,
+    max_new_tokens: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    top_p: float | None = None,
+    num_samples: int = 1,
+    seed: int = 1337,
+    device: str = "auto",
+    use_cache: bool = True,
+    compile: bool = False,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    cpu_matmul: CpuMatmul = "auto",
+) -> None:
+    """``lit-gpt generate``: sample text from a trained checkpoint or a pretrained model and stream it to the
+    terminal.
+
+    Args:
+        checkpoint: A .ckpt file or a run folder (its newest last.ckpt is used), a folder written by lit-gpt export,
+            a Hugging Face GPT-2 folder, or a Hub name: gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:OWNER/REPO
+            (downloaded once into the Hugging Face cache).
+        prompt: Text to continue; '\\n' in it stands for a newline. Cropped to the last block_size tokens.
+        prompt_file: A UTF-8 text file whose whole content is the prompt, read as it is (nanoGPT's
+            start='FILE:...'); instead of prompt.
+        max_new_tokens: Tokens to generate per sample.
+        temperature: Below 1 sharpens the distribution, above 1 flattens it; 0 is greedy.
+        top_k: Sample among the k most likely tokens only (empty: all).
+        top_p: Nucleus sampling: the smallest set of tokens whose probability reaches top_p (empty: off).
+        num_samples: Independent samples to print.
+        seed: Random seed, so a sample can be reproduced.
+        device: 'cpu', 'cuda', or 'auto' (CUDA when available).
+        use_cache: Decode with the KV cache (much faster). Within block_size the output is the same as without it,
+            and past it too for a rotary model (its cache keeps the last block_size tokens). With learned positions
+            the cache slides by a quarter block past block_size, so each token sees 3/4 to all of the last
+            block_size tokens instead of always all of them.
+        compile: torch.compile the model first. Compiling takes tens of seconds on a CPU (the prompt, single tokens
+            and, past block_size, the window's slide or ring each compile once or twice), counted in the tokens/s
+            printed: worth it for long samples.
+        dtype: The weights' and activations' type while sampling. On a GPU, bfloat16 or float16 halve the bytes
+            each token reads. On a CPU keep float32: bfloat16 decoded at 0.8x float32's speed on a 2-core CPU with
+            AMX (docs/benchmarks.md). Samples differ slightly from float32's, as rounding moves the probabilities.
+        cpu_matmul: Library for float32 matmuls on a CPU, as for training (--model.cpu_matmul): auto, onednn or
+            aten. Only matmuls of at least ~1M multiply-adds use oneDNN (the prompt, a large vocabulary's output
+            layer); a token's small ones stay with aten.
+    """
+    problems = []
+    if max_new_tokens < 0:
+        problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        problems.append(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k <= 0:
+        problems.append(f"top_k must be positive, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], got {top_p}")
+    if num_samples <= 0:
+        problems.append(f"num_samples must be positive, got {num_samples}")
+    problems += cpu_matmul_problems(cpu_matmul)
+    if prompt_file is not None:
+        if prompt != "\n":
+            problems.append("give --prompt or --prompt_file, not both")
+        try:
+            prompt = Path(prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            problems.append(f"--prompt_file {prompt_file!r} does not exist")
+        except IsADirectoryError:
+            problems.append(f"--prompt_file {prompt_file!r} is a folder: give a text file")
+        except UnicodeDecodeError as e:
+            problems.append(f"--prompt_file {prompt_file!r} is not UTF-8 (byte {e.start}): re-encode it")
+    else:
+        prompt = prompt.replace("\\n", "\n")
+    if problems:
+        raise LitGPTError("; ".join(problems))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    reuse_freed_memory()  # as for training: each token's activations are malloc'd and freed
+    model, tokenizer = load_for_sampling(checkpoint, device)
+    model.to(getattr(torch, dtype))
+    if onednn_wanted(cpu_matmul, device):
+        use_onednn_linears(model)
+    if compile:
+        model.compile()
+    try:
+        tokenizer.encode(prompt)
+    except UnknownCharactersError as e:
+        raise LitGPTError(
+            f"the prompt has characters this model never saw: {e.chars}; remove or replace them"
+        ) from None
+    if not prompt:
+        raise LitGPTError("the prompt is empty: give at least one token to start from, e.g. --prompt '\\n'")
+    torch.manual_seed(seed)
+    for i in range(num_samples):
+        if num_samples > 1:
+            print(f"--- sample {i + 1}/{num_samples}", flush=True)
+        stats = stream(
+            model,
+            tokenizer,
+            prompt,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            use_cache=use_cache,
+        )
+        print(f"--- {stats['tokens']} tokens at {stats['tokens_per_sec']:.0f} tokens/s", file=sys.stderr)

@@ -29,11 +29,14 @@ from typing import Any
 
 import torch
 
+from lit_gpt.bpe import HFTokenizer
+from lit_gpt.checkpoints.format import plain_state_dict, read_section
+from lit_gpt.checkpoints.read import load_model, load_raw
 from lit_gpt.errors import LitGPTError, first_line
 from lit_gpt.hub import hub_repo, resolve
-from lit_gpt.lora import merge_lora_state
 from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.tokenizer_spec import tokenizer_from_dict
 
 LIT_META = "lit_gpt.json"  # written by lit-gpt export next to model.safetensors: format, model config, tokenizer
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # HF's (in, out)
@@ -78,20 +81,16 @@ def _load_cached(path: str, stamp: int) -> Pretrained:
 
 
 def _read_checkpoint(path: Path) -> Pretrained:
-    from lit_gpt.checkpoint import load_raw  # imports the LightningModule, which imports this module
-
     ckpt = load_raw(path)
-    saved = ckpt.get("lit_gpt") if isinstance(ckpt, dict) else None
-    if saved is None:
-        raise LitGPTError(
-            f"{str(path)!r} is not a lit-gpt checkpoint, an exported folder (with {LIT_META}) or a Hugging Face "
-            "GPT-2 folder (with config.json)"
-        )
-    state = {k.removeprefix("model.").replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()}
-    state = merge_lora_state({k: v for k, v in state.items() if not k.startswith("val_loss")})
+    saved = read_section(
+        ckpt,
+        repr(str(path)),
+        f", an exported folder (with {LIT_META}) or a Hugging Face GPT-2 folder (with config.json)",
+    )
     fix = "train or convert it again"
     config = _config(saved.get("model_config"), f"checkpoint {path}", fix)
     tokenizer = _tokenizer(saved.get("tokenizer"), f"checkpoint {path}", fix)
+    state = plain_state_dict(ckpt["state_dict"])
     return Pretrained(_output_layer(state, config), config, tokenizer, f"lit-gpt checkpoint {path}")
 
 
@@ -140,7 +139,7 @@ def _tokenizer(saved: Any, where: str, fix: str) -> Tokenizer | None:
     if not saved:
         return None
     try:
-        return Tokenizer.from_dict(saved)
+        return tokenizer_from_dict(saved)
     except (KeyError, TypeError, ValueError) as e:
         raise LitGPTError(f"{where} holds a tokenizer lit-gpt cannot read ({first_line(e)}): {fix}") from None
 
@@ -239,8 +238,6 @@ def _output_layer(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str
 
 
 def _hf_tokenizer(folder: Path) -> Tokenizer | None:
-    from lit_gpt.bpe import HFTokenizer
-
     if (folder / "tokenizer.json").is_file():
         return HFTokenizer.from_file(folder / "tokenizer.json")
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():  # the slow tokenizer's files
@@ -380,3 +377,19 @@ def prepare_init_from(config: Any) -> None:
     )
     target_config(pre, shape)
     data.tokenizer = data_tokenizer(model.init_from, data.tokenizer, data.cache_dir)
+
+
+def load_for_sampling(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """The model (in eval mode) and tokenizer to sample from: a lit-gpt checkpoint or run folder, or any pretrained
+    model ``--model.init_from`` takes (a ``lit-gpt export`` folder, a Hugging Face GPT-2 folder, a Hub name)."""
+    p = Path(path).expanduser()
+    if hub_repo(str(path)) or (p.is_dir() and ((p / LIT_META).is_file() or (p / "config.json").is_file())):
+        pre = load_pretrained(path)
+        if pre.tokenizer is None:
+            raise LitGPTError(
+                f"{pre.origin} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): it cannot turn "
+                "generated ids into text"
+            )
+        return build_model(pre, pre.config).to(device).eval(), pre.tokenizer
+    model, tokenizer, _ = load_model(path, device)
+    return model, tokenizer

@@ -11,35 +11,36 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from lit_gpt.attention_kernel import (
-    AttentionKernel,
-    attend_in_float32,
-    attention_kernel,
-    attention_kernel_problems,
-    float32_attention_wanted,
+from lit_gpt.attention_kernel import AttentionKernel, attention_kernel, attention_kernel_problems
+from lit_gpt.checkpoints.format import (
+    BLOCK_FIELDS,
+    CHECKPOINT_KEY,
+    SHAPE_FIELDS,
+    plain_state_dict,
+    read_section,
+    saved_config,
+    saved_tokenizer,
+    section,
+    shape_differences,
 )
-from lit_gpt.cpu_matmul import cpu_matmul_problems, onednn_wanted, use_onednn_linears
+from lit_gpt.cpu_matmul import CpuMatmul, cpu_matmul_problems
 from lit_gpt.errors import LitGPTError
-from lit_gpt.finetune import apply_finetune, finetune_problems
+from lit_gpt.finetune import finetune_problems
 from lit_gpt.fused_loss import IGNORE_INDEX
 from lit_gpt.hub import hub_repo
 from lit_gpt.init_from import WHAT_LOADS, build_model, load_pretrained, target_config
-from lit_gpt.lora import merge_lora_state
+from lit_gpt.lightning_private import should_update_logs
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.optim import configure_adamw, warmup_cosine
-from lit_gpt.parallel import parallelize, uncompiled
+from lit_gpt.parallel import uncompiled
 from lit_gpt.tokenizer import Tokenizer
-
-CHECKPOINT_KEY = "lit_gpt"  # our plain-data section of a Lightning checkpoint
-SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")  # what weights must agree on
-# The block's layout (lecture steps, modern block): checked on load, with the defaults filling older checkpoints.
-BLOCK_FIELDS = ("bigram", "projections", "norm", "mlp", "mlp_hidden", "tie_weights", "position", "qk_norm")
+from lit_gpt.transforms import Transforms, apply_transforms
 
 
 class LitGPT(L.LightningModule):
@@ -55,7 +56,7 @@ class LitGPT(L.LightningModule):
         beta2: float = 0.99,
         compile: bool = False,
         compile_validation: bool | None = None,
-        cpu_matmul: Literal["auto", "onednn", "aten"] = "auto",
+        cpu_matmul: CpuMatmul = "auto",
         attention_kernel: AttentionKernel = "auto",
         activation_checkpointing: bool = False,
         loss_chunk_size: int = 0,
@@ -150,15 +151,6 @@ class LitGPT(L.LightningModule):
         self.flops_per_batch: int | None = None  # read by the throughput monitor
         self._flops_shape: tuple[int, ...] | None = None  # the batch shape flops_per_batch was computed for
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning names the running hook here around each of its ~45 hook calls a step; nn.Module.__setattr__'s
-        # checks for parameters, buffers and submodules (Python-level isinstance hooks) make that ~0.3% of a small
-        # model's CPU step. A plain string attribute needs none of them.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     # --- building -------------------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
@@ -200,28 +192,21 @@ class LitGPT(L.LightningModule):
             self.model = GPT(self.config)
         hp = self.hparams
         self.model.loss_chunk_size = hp.get("loss_chunk_size", 0)
-        apply_finetune(
-            self.model,
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        if problems := attention_kernel_problems(hp.get("attention_kernel", "auto"), device):
+            raise LitGPTError(problems[0])
+        # Finetuning, CPU kernels, activation checkpointing, compile and sharding: all from outside the model.
+        transforms = Transforms(
             freeze_embeddings=hp.get("freeze_embeddings", False),
             freeze_layers=hp.get("freeze_layers", 0),
             lora_rank=hp.get("lora_rank", 0),
             lora_alpha=hp.get("lora_alpha", 16.0),
             lora_dropout=hp.get("lora_dropout", 0.0),
+            cpu_matmul=hp.get("cpu_matmul", "auto"),
+            activation_checkpointing=hp.get("activation_checkpointing", False),
+            compile=hp.compile,
         )
-        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-        if problems := attention_kernel_problems(hp.get("attention_kernel", "auto"), device):
-            raise LitGPTError(problems[0])
-        if onednn_wanted(hp.get("cpu_matmul", "auto"), device):
-            use_onednn_linears(self.model)  # after LoRA, whose layers keep F.linear; before compile
-        if float32_attention_wanted(device, self.config.block_size):
-            attend_in_float32(self.model)  # bf16 on a CPU: PyTorch's attention kernel is faster in float32 there
-        # Sharding (under ModelParallelStrategy), activation checkpointing and compile come from outside the model.
-        parallelize(
-            self.model,
-            self.device_mesh,
-            activation_checkpointing=self.hparams.get("activation_checkpointing", False),
-            compile=self.hparams.compile,
-        )
+        apply_transforms(self.model, transforms, device, self.device_mesh)
 
     # --- training -------------------------------------------------------------------------------------------------
 
@@ -243,7 +228,7 @@ class LitGPT(L.LightningModule):
         # Only on the steps the logger writes (the progress bar shows the last of them): each self.log costs
         # about a millisecond of Python, 4% of a small model's step on a CPU.
         trainer = self.trainer
-        if micro == accumulate - 1 and (trainer._logger_connector.should_update_logs or trainer.fast_dev_run):
+        if micro == accumulate - 1 and (should_update_logs(trainer) or trainer.fast_dev_run):
             self.log("train/loss", self._step_loss / (micro + 1), prog_bar=True, sync_dist=trainer.world_size > 1)
         return loss
 
@@ -306,18 +291,13 @@ class LitGPT(L.LightningModule):
     # --- checkpoints ----------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "model_config": asdict(self.model.config),
-            "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
-        }
+        checkpoint[CHECKPOINT_KEY] = section(self.model.config, self.tokenizer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is None:
-            raise LitGPTError("this checkpoint was not written by lit-gpt (it has no 'lit_gpt' section)")
-        saved_config = GPTConfig(**saved["model_config"])
-        if saved["tokenizer"] is not None:
-            saved_tok = Tokenizer.from_dict(saved["tokenizer"])
+        saved = read_section(checkpoint, "this checkpoint")
+        config = saved_config(saved, "this checkpoint")
+        saved_tok = saved_tokenizer(saved, "this checkpoint")
+        if saved_tok is not None:
             if self.tokenizer is not None and self.tokenizer.to_dict() != saved_tok.to_dict():
                 raise LitGPTError(
                     "the checkpoint's tokenizer differs from the data's (another corpus or vocabulary): resume with "
@@ -325,20 +305,13 @@ class LitGPT(L.LightningModule):
                 )
             self.tokenizer = saved_tok
         if self.model is None:  # LitGPT.load_from_checkpoint: build from what the checkpoint says
-            self.config = saved_config
-            self.model = GPT(saved_config)
+            self.config = config
+            self.model = GPT(config)
             # A LoRA run's adapters, folded into the plain model built here.
-            merged = merge_lora_state({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
-            checkpoint["state_dict"] = {(k if k.startswith("val_loss") else "model." + k): v for k, v in merged.items()}
-        else:
-            diff = {
-                k: (getattr(saved_config, k), getattr(self.model.config, k))
-                for k in SHAPE_FIELDS + BLOCK_FIELDS
-                if getattr(saved_config, k) != getattr(self.model.config, k)
-            }
-            if not diff:
-                return
-            raise LitGPTError(
-                "the checkpoint's model shape differs from this config: "
-                + ", ".join(f"{k} is {a} in the checkpoint but {b} here" for k, (a, b) in diff.items())
-            )
+            state = checkpoint["state_dict"]
+            metrics = {k: v for k, v in state.items() if k.startswith("val_")}
+            checkpoint["state_dict"] = {"model." + k: v for k, v in plain_state_dict(state).items()} | metrics
+            return
+        diff = shape_differences(config, self.model.config, SHAPE_FIELDS + BLOCK_FIELDS, skip_empty=False)
+        if diff:
+            raise LitGPTError("the checkpoint's model shape differs from this config: " + ", ".join(diff))

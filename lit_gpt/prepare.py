@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from lit_gpt.bpe import BPETokenizer, GPT2Tokenizer, HFTokenizer
+from lit_gpt.bpe import BPETokenizer, HFTokenizer
 from lit_gpt.errors import LitGPTError
 from lit_gpt.sources import Source, resolve
 from lit_gpt.tokenizer import CharTokenizer, Tokenizer, UnknownCharactersError
+from lit_gpt.tokenizer_spec import TokenizerSpec, tokenizer_from_dict
 
 FORMAT_VERSION = 2  # bump when the prepared layout changes, so old caches are rebuilt
 # Text is encoded in pieces of about this many characters, cut at line breaks (or spaces): HF tokenizers is ~1.6x
@@ -42,7 +43,7 @@ BPE_TRAIN_CHARS = 500_000_000
 
 def prepare(
     source: str,
-    tokenizer: str | Tokenizer = "char",
+    tokenizer: str | TokenizerSpec | Tokenizer = "char",
     cache_dir: str | Path = "data",
     val_fraction: float = 0.1,
     *,
@@ -64,8 +65,10 @@ def prepare(
     val = None
     if val_source is not None or val_split is not None:
         val = resolve(val_source or source, text_field, subset, val_split or split, cache_dir)
-    tok_key = tokenizer_key(tokenizer, bpe_vocab_size)
-    if streaming and tok_key == "char":
+    if isinstance(tokenizer, str):
+        tokenizer = TokenizerSpec.parse(tokenizer)  # once: the functions below get the spec
+    tok_key = tokenizer.to_dict() if isinstance(tokenizer, Tokenizer) else tokenizer.cache_key(bpe_vocab_size)
+    if streaming and _is(tokenizer, "char"):
         raise LitGPTError(
             "the char tokenizer needs the whole corpus for its vocabulary: with streaming use --data.tokenizer bpe, "
             "gpt2 or hf:PATH"
@@ -85,8 +88,8 @@ def prepare(
     remove_stale_temporaries(Path(cache_dir))
     if (out / "meta.json").exists():
         return out
-    if isinstance(tok_key, list) and tok_key[0] == "file" and tok_key[1] != "hf:":
-        tokenizer = _load_tokenizer(tokenizer)  # a lit-gpt tokenizer JSON, of any kind
+    if _is(tokenizer, "file"):
+        tokenizer = tokenizer.load()  # a lit-gpt tokenizer JSON, of any kind
     src.check()
     if val:
         val.check()
@@ -96,11 +99,11 @@ def prepare(
     try:
         if streaming:
             meta = _prepare_stream(src, val, tokenizer, bpe_vocab_size, val_tokens, cache_dir, tmp)
-        elif tokenizer == "char" or (isinstance(tokenizer, Tokenizer) and tokenizer.kind == "char"):
+        elif _is(tokenizer, "char") or (isinstance(tokenizer, Tokenizer) and tokenizer.kind == "char"):
             meta = _prepare_in_memory(src, val, tokenizer, val_fraction, cache_dir, tmp)
         else:
             meta = _prepare_mapped(src, val, tokenizer, bpe_vocab_size, val_fraction, cache_dir, tmp, num_proc)
-        tok = Tokenizer.from_dict(meta["tokenizer"]) if meta["tokenizer"]["kind"] in ("bpe", "hf") else None
+        tok = tokenizer_from_dict(meta["tokenizer"]) if meta["tokenizer"]["kind"] in ("bpe", "hf") else None
         if isinstance(tok, HFTokenizer):
             tok.save_pretrained(tmp / "tokenizer.json")  # the Hugging Face file, usable as --data.tokenizer hf:PATH
         meta = {"format_version": FORMAT_VERSION, "source": source, "val_source": val.spec if val else None, **meta}
@@ -150,63 +153,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def tokenizer_problem(tokenizer: str) -> str | None:
-    """What is wrong with a ``--data.tokenizer`` value, found without reading any file but its existence (so
-    ``TextDataModule`` reports it with the other data options, before anything is built)."""
-    if tokenizer in ("char", "bpe", "gpt2"):
-        return None
-    path = tokenizer[3:] if tokenizer.startswith("hf:") else tokenizer
-    if not (tokenizer.startswith("hf:") or tokenizer.endswith(".json")):
-        return (
-            f"unknown tokenizer {tokenizer!r}: use char, bpe, gpt2, hf:PATH (a Hugging Face tokenizer.json) or the "
-            "path of a tokenizer JSON saved by lit-gpt"
-        )
-    if not Path(path).expanduser().is_file():
-        return f"tokenizer file {path!r} does not exist: give the path of a tokenizer.json"
-    return None
+def _load_tokenizer(tokenizer: TokenizerSpec | Tokenizer) -> Tokenizer:
+    """A given tokenizer, or the one a spec loads (gpt2, hf:PATH, a lit-gpt JSON)."""
+    return tokenizer if isinstance(tokenizer, Tokenizer) else tokenizer.load()
 
 
-def tokenizer_key(tokenizer: str | Tokenizer, bpe_vocab_size: int) -> Any:
-    """What identifies the tokenizer in the cache key, checked before any work is done."""
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer.to_dict()
-    if tokenizer == "char":
-        return "char"
-    if tokenizer == "bpe":
-        return ["bpe", bpe_vocab_size]
-    if tokenizer == "gpt2":
-        return "gpt2"
-    problem = tokenizer_problem(tokenizer)
-    if problem:
-        raise LitGPTError(problem)
-    path = Path(tokenizer[3:] if tokenizer.startswith("hf:") else tokenizer).expanduser()
-    return ["file", tokenizer[:3], hashlib.sha256(path.read_bytes()).hexdigest()]
-
-
-def _load_tokenizer(tokenizer: str | Tokenizer) -> Tokenizer:
-    """A tokenizer that needs no training: gpt2, hf:PATH or a lit-gpt tokenizer JSON."""
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    if tokenizer == "gpt2":
-        return GPT2Tokenizer()
-    if tokenizer.startswith("hf:"):
-        return HFTokenizer.from_file(tokenizer[3:])
-    try:
-        return Tokenizer.load(tokenizer)
-    except (ValueError, KeyError) as e:
-        raise LitGPTError(
-            f"{tokenizer!r} is not a tokenizer saved by lit-gpt ({e}); for a Hugging Face "
-            f"tokenizer.json use hf:{tokenizer}"
-        ) from None
+def _is(tokenizer: TokenizerSpec | Tokenizer, kind: str) -> bool:
+    """Whether ``tokenizer`` is the spec of ``kind`` (char, bpe: built from the corpus here)."""
+    return isinstance(tokenizer, TokenizerSpec) and tokenizer.kind == kind
 
 
 def _prepare_in_memory(
-    src: Source, val: Source | None, tokenizer: str | Tokenizer, val_fraction: float, cache_dir: str | Path, tmp: Path
+    src: Source,
+    val: Source | None,
+    tokenizer: TokenizerSpec | Tokenizer,
+    val_fraction: float,
+    cache_dir: str | Path,
+    tmp: Path,
 ) -> dict[str, Any]:
     """The char tokenizer: the whole text in memory (its vocabulary is the set of the corpus's characters)."""
     text = src.text(cache_dir)
     val_text = val.text(cache_dir) if val else ""
-    tok = CharTokenizer.from_text(text + val_text) if tokenizer == "char" else _load_tokenizer(tokenizer)
+    tok = CharTokenizer.from_text(text + val_text) if _is(tokenizer, "char") else _load_tokenizer(tokenizer)
     try:
         ids = tok.encode_array(text)
         val_ids = tok.encode_array(val_text) if val else None
@@ -228,7 +196,7 @@ def _prepare_in_memory(
 def _prepare_mapped(
     src: Source,
     val: Source | None,
-    tokenizer: str | Tokenizer,
+    tokenizer: TokenizerSpec | Tokenizer,
     bpe_vocab_size: int,
     val_fraction: float,
     cache_dir: str | Path,
@@ -238,7 +206,7 @@ def _prepare_mapped(
     """BPE kinds: tokenize with ``datasets.map`` in parallel, then concatenate the ids into the token files."""
     ds = src.load(cache_dir)
     val_ds = val.load(cache_dir) if val else None
-    if tokenizer == "bpe":
+    if _is(tokenizer, "bpe"):
         train_share = 1.0 if val else 1.0 - val_fraction
         tok: Tokenizer = BPETokenizer.train(_text_batches(ds, share=train_share), bpe_vocab_size)
     else:
@@ -271,7 +239,7 @@ def _prepare_mapped(
 def _prepare_stream(
     src: Source,
     val: Source | None,
-    tokenizer: str | Tokenizer,
+    tokenizer: TokenizerSpec | Tokenizer,
     bpe_vocab_size: int,
     val_tokens: int,
     cache_dir: str | Path,
@@ -280,7 +248,7 @@ def _prepare_stream(
     """Streaming: the tokenizer (bpe: trained on the head of the stream) and the validation tokens, taken from the
     val source or else from the first documents of the stream, which training then skips."""
     stream = src.load(cache_dir, streaming=True)
-    if tokenizer == "bpe":
+    if _is(tokenizer, "bpe"):
         tok: Tokenizer = BPETokenizer.train(_head_texts(src.rows(stream), BPE_TRAIN_CHARS), bpe_vocab_size)
     else:
         tok = _load_tokenizer(tokenizer)
@@ -422,36 +390,3 @@ def _pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
         out.append(text[start:end])
         start = end
     return out
-
-
-def prepare_cli(args: list[str]) -> None:
-    """``lit-gpt prepare --config CFG [--data.KEY VALUE ...]``: tokenize the ``data:`` section of a training config
-    (its other sections are ignored), so that a cluster job finds its data ready, and print where it is."""
-    import yaml
-    from jsonargparse import ArgumentParser
-
-    from lit_gpt.data import TextDataModule
-
-    parser = ArgumentParser(
-        prog="lit-gpt prepare",
-        description="Tokenize a config's data once, into cache_dir; `lit-gpt fit` with the same config reuses it.",
-    )
-    parser.add_argument("--config", type=str, default=None, help="A training config (only its data: section is used).")
-    parser.add_class_arguments(TextDataModule, "data")
-    config = parser.parse_args(args).config
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise LitGPTError(f"config file {config!r} does not exist")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        data = dict(loaded.get("data") or {})
-        block_size = ((loaded.get("model") or {}).get("config") or {}).get("block_size")
-        if block_size is not None:
-            data.setdefault("block_size", block_size)  # fit links it from the model
-        parser.set_defaults({f"data.{k}": v for k, v in data.items()})
-    cfg = parser.parse_args(args)
-    dm = TextDataModule(**cfg.data.as_dict())
-    out = dm.prepare()
-    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    counts = ", ".join(f"{split} {n:,} tokens" for split, n in meta["tokens"].items())
-    print(f"{out}: {counts} ({meta['tokenizer']['kind']} tokenizer, {meta['dtype']})")

@@ -32,12 +32,24 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lit_gpt.checkpoint_io import AtomicCheckpointIO, check_readable, load_error
+from lit_gpt.checkpoints.atomic import AtomicCheckpointIO
+from lit_gpt.checkpoints.format import BLOCK_FIELDS, SHAPE_FIELDS, read_section, saved_config, shape_differences
+from lit_gpt.checkpoints.read import find_last_checkpoint, torch_load
+from lit_gpt.checkpoints.sharded import (
+    check_sharded,
+    is_sharded,
+    recover_interrupted_save,
+    sharded_without_fsdp,
+    single_file_under_fsdp,
+)
 from lit_gpt.errors import LitGPTError
-from lit_gpt.lightning_module import BLOCK_FIELDS, CHECKPOINT_KEY, SHAPE_FIELDS
-from lit_gpt.model import GPTConfig
-from lit_gpt.parallel import FSDP2, FSDP2Strategy, sharded_without_fsdp, single_file_under_fsdp
-from lit_gpt.sharded_checkpoint import check_sharded, is_sharded, recover_interrupted_save, recover_interrupted_saves
+from lit_gpt.lightning_private import (
+    cluster_environment,
+    logger_started,
+    saves_distributed_checkpoint,
+    set_logger_version,
+)
+from lit_gpt.parallel import FSDP2, FSDP2Strategy
 
 
 def rng_states() -> dict[str, Any]:
@@ -180,9 +192,7 @@ class ExactResume(L.Callback):
 
 def _slurm_requeue(trainer: L.Trainer) -> str | None:
     """What Lightning's SLURM auto-requeue does on SIGUSR1 (``scontrol requeue``), once the checkpoint is safe."""
-    env = getattr(trainer.strategy, "cluster_environment", None)
-    if env is None:  # a single-device strategy: Lightning keeps the environment on its connector
-        env = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
+    env = cluster_environment(trainer)
     if not (isinstance(env, SLURMEnvironment) and env.auto_requeue) or not trainer.is_global_zero:
         return None
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -233,14 +243,6 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     return None
 
 
-def find_last_checkpoint(root: str | Path) -> Path | None:
-    """The newest ``last.ckpt`` anywhere under ``root`` (a run folder with ``version_*`` subfolders). A sharded
-    save killed half-way is finished or undone first (its staging folders are never a checkpoint)."""
-    recover_interrupted_saves(root)
-    found = [p for p in Path(root).glob("**/last.ckpt") if p.is_file() or is_sharded(p)]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer, named_version: bool = False) -> str | None:
     """``--ckpt_path`` as the Trainer should see it.
 
@@ -281,10 +283,9 @@ def _names_logger_version(config: Any) -> bool:
 def _reuse_version(logger: Any, ckpt: Path) -> None:
     """Point a not-yet-started TensorBoard/CSV logger at the ``version_N`` folder that holds ``ckpt``."""
     version = next((p.name for p in ckpt.parents if p.name.startswith("version_")), None)
-    if version is None or logger is None or getattr(logger, "_experiment", "unset") is not None:
+    if version is None or logger is None or logger_started(logger):
         return  # a logger without versions, or one already writing: leave it be
-    if hasattr(logger, "_version"):
-        logger._version = int(version.removeprefix("version_"))
+    if set_logger_version(logger, int(version.removeprefix("version_"))):
         # Writing into a folder that has checkpoints is the point here, not the mistake Lightning warns about.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
@@ -330,31 +331,15 @@ def check_ckpt_path(config: Any) -> None:
         raise LitGPTError(sharded_without_fsdp(path))
     if not sharded and fsdp is True:
         raise LitGPTError(single_file_under_fsdp(path))
-    if sharded:
-        ckpt = check_sharded(path)  # every shard whole, meta.pt plain data
-    else:
-        check_readable(path)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no need to read it all
-        except Exception as e:
-            raise load_error(path, e) from None
-    saved = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if saved is None or "model_config" not in saved:
-        raise LitGPTError(f"{str(path)!r} is not a lit-gpt checkpoint (it has no '{CHECKPOINT_KEY}' section)")
+    # Every shard whole and meta.pt plain data; a file is memory-mapped: no need to read it all.
+    ckpt = check_sharded(path) if sharded else torch_load(path, mmap=True)
+    saved = read_section(ckpt, repr(str(path)))
     shape = config.get("model", {}).get("config") if hasattr(config.get("model", {}), "get") else None
     if shape is None:
         return
     # A sharded resume reads the weights before the LightningModule can compare the block's layout: check it too.
     fields = SHAPE_FIELDS + BLOCK_FIELDS if sharded else SHAPE_FIELDS
-    try:
-        saved_config = GPTConfig(**saved["model_config"])  # the defaults fill fields older checkpoints lack
-    except (TypeError, ValueError) as e:
-        raise LitGPTError(f"{str(path)!r} has an unreadable model config ({e}); use an earlier checkpoint") from None
-    diff = [
-        f"{k} is {getattr(saved_config, k)} in the checkpoint but {getattr(shape, k, None)} here"
-        for k in fields
-        if getattr(shape, k, None) is not None and getattr(saved_config, k) != getattr(shape, k)
-    ]
+    diff = shape_differences(saved_config(saved, repr(str(path))), shape, fields)
     if diff:
         raise LitGPTError(
             f"the checkpoint {str(path)!r} has another model shape: {', '.join(diff)}; "
@@ -370,7 +355,7 @@ def _resumes_sharded(config: Any) -> bool | None:
         return None
     strategy = trainer.get("strategy", "auto")
     if isinstance(strategy, FSDP2Strategy):
-        return bool(strategy._save_distributed_checkpoint)
+        return saves_distributed_checkpoint(strategy)
     if isinstance(strategy, str):
         name = strategy.lower()
         if name in ("fsdp", FSDP2):  # the CLI maps "fsdp" to FSDP2

@@ -404,3 +404,11 @@ def check_text_file(path: str | Path, chunk: int = 1 << 24) -> None:
                 ) from None
             offset += len(raw)
             lines += raw.count(b"\n")
+
+
+def load_text(source: str, cache_dir: str | Path = "data") -> str:
+    """The whole text of any source string, checked as ``lit-gpt prepare`` checks it (a convenience for notebooks
+    and tests: training goes through ``resolve`` directly)."""
+    src = resolve(source, cache_dir=cache_dir)
+    src.check()
+    return src.text(cache_dir)

@@ -72,6 +72,7 @@ class Tokenizer(ABC):
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Tokenizer:
+        """A tokenizer of a registered kind (``lit_gpt.tokenizer_spec.tokenizer_from_dict`` knows them all)."""
         kind = d.get("kind")
         if kind not in Tokenizer._registry:
             raise ValueError(f"unknown tokenizer kind {kind!r}; known kinds: {sorted(Tokenizer._registry)}")
@@ -84,10 +85,6 @@ class Tokenizer(ABC):
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
-
-    @staticmethod
-    def load(path: str | Path) -> Tokenizer:
-        return Tokenizer.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 class CharTokenizer(Tokenizer):
@@ -153,6 +150,3 @@ class PlaceholderCharTokenizer(CharTokenizer):
         ids[known] = self._table[codes[known]]
         ids[ids < 0] = self.stoi[self.placeholder]
         return ids
-
-
-from lit_gpt import bpe as _bpe  # noqa: E402, F401  (registers the BPE kinds: bpe, hf, gpt2)

@@ -87,7 +87,7 @@ def _constructor_problem(build: Any) -> list[str]:
 
 def _attention_problems(model: Any, trainer: Any) -> list[str]:
     """A GPU-only attention kernel for a run that will train on the CPU."""
-    from lit_gpt.attention_kernel import attention_kernel_problems
+    from lit_gpt.attention_kernel import attention_kernel_problems  # here: this module stays light (no torch)
 
     kernel = model.get("attention_kernel") if model is not None and hasattr(model, "get") else None
     accelerator = trainer.get("accelerator") if hasattr(trainer, "get") else None

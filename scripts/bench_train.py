@@ -32,9 +32,9 @@ import nanogpt_reference  # noqa: E402
 from benchmarks_doc import machine, write_section  # noqa: E402
 
 from lit_gpt.attention_kernel import attend_in_float32  # noqa: E402
-from lit_gpt.cli import fit_cli  # noqa: E402
 from lit_gpt.cpu_matmul import OneDNNLinear, use_onednn_linears  # noqa: E402
 from lit_gpt.flops import peak_flops  # noqa: E402
+from lit_gpt.lightning_cli import fit_cli  # noqa: E402
 from lit_gpt.model import GPT, GPTConfig  # noqa: E402
 from lit_gpt.optim import configure_adamw, warmup_cosine  # noqa: E402
 

@@ -29,7 +29,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_gpt.cli import fit_cli  # noqa: E402
+from lit_gpt.lightning_cli import fit_cli  # noqa: E402
 
 TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 CONFIGS = {"gpt2": ROOT / "configs" / "shakespeare_char_cpu.yaml", "modern": ROOT / "configs" / "modern_cpu.yaml"}

@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_gpt.cli import fit_cli  # noqa: E402
 from lit_gpt.generate import generate_text  # noqa: E402
+from lit_gpt.lightning_cli import fit_cli  # noqa: E402
 
 TINYSHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 LECTURE = ROOT / "configs" / "lecture"

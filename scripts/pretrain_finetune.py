@@ -39,8 +39,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_gpt.cli import fit_cli  # noqa: E402
 from lit_gpt.init_from import data_tokenizer  # noqa: E402
+from lit_gpt.lightning_cli import fit_cli  # noqa: E402
 
 ARMS = {
     "finetune": "pretrained, then finetuned",

@@ -154,7 +154,7 @@ def test_bad_data_config_lists_every_problem():
 
 
 def test_an_unknown_tokenizer_is_reported_with_the_other_problems_before_anything_is_built(tmp_path, monkeypatch):
-    from lit_gpt.cli import fit_cli
+    from lit_gpt.lightning_cli import fit_cli
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LitGPTError) as e:  # raised while checking the parsed config: no Trainer, no data read

@@ -16,11 +16,12 @@ import torch
 from conftest import ROOT, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_gpt.checkpoint import load_model
+from lit_gpt.checkpoints.read import load_model
 from lit_gpt.cpu_matmul import onednn_available
 from lit_gpt.errors import LitGPTError
+from lit_gpt.global_batch import accumulation_steps
 from lit_gpt.model import GPT, GPTConfig
-from lit_gpt.parallel import accumulation_steps, parallelize
+from lit_gpt.parallel import parallelize
 
 CONFIG = str(ROOT / "configs" / "shakespeare_char_cpu.yaml")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

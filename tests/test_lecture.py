@@ -8,7 +8,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-from lit_gpt.cli import fit_cli
+from lit_gpt.lightning_cli import fit_cli
 from lit_gpt.model import GPT, GPTConfig
 
 LECTURE = ROOT / "configs" / "lecture"

@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import ROOT, TINY, assert_cached_logits_equal_full_forward, run_cli
 
-from lit_gpt.checkpoint import load_model
+from lit_gpt.checkpoints.read import load_model
 from lit_gpt.generate import generate_tokens
 from lit_gpt.model import GPT, GPTConfig, apply_rotary, config_problems, rotary_angles
 

@@ -368,7 +368,7 @@ class FullDisk(io.FileIO):
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(
     tmp_path, corpus, trained, monkeypatch, capsys
 ):
-    import lit_gpt.checkpoint_io
+    import lit_gpt.checkpoints.atomic
     from lit_gpt.cli import main
 
     run = copy_run(trained, tmp_path)
@@ -376,7 +376,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(
     saved = last.read_bytes()
     monkeypatch.chdir(tmp_path)
     # Every checkpoint file the resumed run opens is on the full disk (the real torch.save writes into it).
-    monkeypatch.setattr(lit_gpt.checkpoint_io, "open", lambda path, mode: FullDisk(path, mode), raising=False)
+    monkeypatch.setattr(lit_gpt.checkpoints.atomic, "open", lambda path, mode: FullDisk(path, mode), raising=False)
     args = fit(str(corpus), "--ckpt_path", "last", "--trainer.max_steps", "12", "--trainer.val_check_interval", "2")
     with pytest.raises(SystemExit) as stopped:
         main(args)
@@ -395,7 +395,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(
 
 FULL_DISK_LAUNCH = """
 import errno, io, os, sys
-import lit_gpt.checkpoint_io
+import lit_gpt.checkpoints.atomic
 from lit_gpt.cli import main
 
 class FullDisk(io.FileIO):
@@ -404,7 +404,7 @@ class FullDisk(io.FileIO):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return super().write(data)
 
-lit_gpt.checkpoint_io.open = lambda path, mode: FullDisk(path, mode)
+lit_gpt.checkpoints.atomic.open = lambda path, mode: FullDisk(path, mode)
 main()
 """
 

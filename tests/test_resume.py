@@ -81,7 +81,7 @@ def test_a_run_that_ends_between_validations_keeps_its_last_steps(uninterrupted,
 def test_last_ckpt_follows_every_validation_even_when_val_loss_does_not_improve(corpus, tmp_path, monkeypatch):
     # mode max: the falling val loss never "improves" after the first validation. Lightning 2.6 alone would leave
     # last.ckpt at step 10 until the run ends, so a crash at step 35 would resume from step 10.
-    from lit_gpt.cli import fit_cli
+    from lit_gpt.lightning_cli import fit_cli
 
     class Recorder(L.Callback):  # what a crash at the start of each step would find in last.ckpt
         seen: list[tuple[int, int]] = []

@@ -21,13 +21,13 @@ import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
 
-from lit_gpt.checkpoint import resolve_checkpoint
+from lit_gpt.checkpoints.convert import convert
+from lit_gpt.checkpoints.read import find_last_checkpoint, resolve_checkpoint
+from lit_gpt.checkpoints.sharded import META_FILE, OLD_MARK, is_sharded, staging_path, swap_in
 from lit_gpt.cli import main
-from lit_gpt.convert import convert
 from lit_gpt.errors import LitGPTError
 from lit_gpt.init_from import load_pretrained
-from lit_gpt.resume import check_ckpt_path, find_last_checkpoint
-from lit_gpt.sharded_checkpoint import META_FILE, OLD_MARK, is_sharded, staging_path, swap_in
+from lit_gpt.resume import check_ckpt_path
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 FSDP = ["--trainer.devices", "2", "--trainer.strategy", "fsdp"]
@@ -186,10 +186,10 @@ def test_a_kill_between_the_two_renames_of_a_save_loses_nothing(how, good, tmp_p
             raise Killed
         real_rename(src, dst)
 
-    monkeypatch.setattr("lit_gpt.sharded_checkpoint.os.rename", rename)
+    monkeypatch.setattr("lit_gpt.checkpoints.sharded.os.rename", rename)
     with pytest.raises(Killed):
         swap_in(staging, target)
-    monkeypatch.setattr("lit_gpt.sharded_checkpoint.os.rename", real_rename)
+    monkeypatch.setattr("lit_gpt.checkpoints.sharded.os.rename", real_rename)
     assert not target.exists() and Path(str(staging) + OLD_MARK).is_dir()
     assert lookup(how, runs, target) == target and step_of(target) == 99
 

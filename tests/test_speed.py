@@ -199,7 +199,7 @@ def test_the_progress_bar_draws_at_most_twice_a_second(tmp_path, corpus, monkeyp
 
     from rich.live import Live
 
-    from lit_gpt.cli import fit_cli
+    from lit_gpt.lightning_cli import fit_cli
 
     frames = []
     draw = Live.refresh

@@ -3,6 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lit_gpt.tokenizer import CharTokenizer, Tokenizer, UnknownCharactersError
+from lit_gpt.tokenizer_spec import load_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. — ü"
 TOK = CharTokenizer.from_text(TEXT)
@@ -17,7 +18,7 @@ def test_round_trip_and_vocab():
 
 def test_json_round_trip(tmp_path):
     TOK.save(tmp_path / "tok.json")
-    loaded = Tokenizer.load(tmp_path / "tok.json")
+    loaded = load_tokenizer(tmp_path / "tok.json")
     assert isinstance(loaded, CharTokenizer)
     assert loaded.encode(TEXT) == TOK.encode(TEXT)
     assert loaded.fingerprint() == TOK.fingerprint()

@@ -12,8 +12,8 @@ import yaml
 from conftest import ROOT, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_gpt import cli
-from lit_gpt.checkpoint import load_model
+from lit_gpt import generate
+from lit_gpt.checkpoints.read import load_model
 from lit_gpt.generate import generate_tokens
 
 GOLDEN = ROOT / "tests" / "assets" / "golden_loss.json"
@@ -35,7 +35,7 @@ def trained_run(tmp_path_factory, corpus):
         "--trainer.log_every_n_steps", "5", cwd=cwd, env={"COLUMNS": "200"},  # the progress bar on one line
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Tip:" not in r.stdout + r.stderr  # Lightning's cloud adverts are not shown (lit_gpt/cli.py)
+    assert "Tip:" not in r.stdout + r.stderr  # Lightning's cloud adverts are not shown (lit_gpt/lightning_cli.py)
     (cwd / "fit.stdout").write_text(r.stdout, encoding="utf-8")
     return cwd / "runs" / "shakespeare_char_cpu" / "version_0"
 
@@ -97,9 +97,9 @@ def test_generate_continues_a_prompt_read_from_a_file(trained_run, tmp_path, cap
     prompt = "HAMLET:\nTo be, or not to be: that is the question:\n"
     (tmp_path / "prompt.txt").write_text(prompt, encoding="utf-8")
     greedy = {"checkpoint": str(trained_run), "max_new_tokens": 30, "temperature": 0}
-    cli.generate(prompt_file=str(tmp_path / "prompt.txt"), **greedy)
+    generate.generate(prompt_file=str(tmp_path / "prompt.txt"), **greedy)
     from_file = capsys.readouterr().out
-    cli.generate(prompt=prompt.replace("\n", "\\n"), **greedy)  # the same text typed with '\n' for newlines
+    generate.generate(prompt=prompt.replace("\n", "\\n"), **greedy)  # the same text typed with '\n' for newlines
     assert from_file.startswith(prompt) and len(from_file) == len(prompt) + 30 + 1
     assert from_file == capsys.readouterr().out  # the file's text is the prompt, newlines as written
 
@@ -125,8 +125,8 @@ def test_generate_samples_from_weights_and_cache_of_the_dtype_asked_for(trained_
         seen["dtypes"] = {p.dtype for p in model.parameters()} | {cache.k.dtype, cache.v.dtype}
         return {"tokens": 3, "tokens_per_sec": 1.0}
 
-    monkeypatch.setattr(cli, "stream", record)
-    cli.generate(checkpoint=str(trained_run), dtype="bfloat16")
+    monkeypatch.setattr(generate, "stream", record)
+    generate.generate(checkpoint=str(trained_run), dtype="bfloat16")
     assert seen["dtypes"] == {torch.bfloat16}
 
 

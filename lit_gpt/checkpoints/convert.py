@@ -1,7 +1,7 @@
 """``lit-gpt convert``: a sharded checkpoint (a folder written by FSDP2, one shard per rank) -> one ``.ckpt`` file.
 
-Consolidating a sharded folder (``lit_gpt.sharded_checkpoint``) gives the same file a single-device run writes,
-weights only, which ``lit-gpt generate``, ``lit_gpt.checkpoint.load_model`` and fine-tuning read. Resume a sharded
+Consolidating a sharded folder (``lit_gpt.checkpoints.sharded``) gives the same file a single-device run writes,
+weights only, which ``lit-gpt generate``, ``lit_gpt.checkpoints.read.load_model`` and fine-tuning read. Resume a sharded
 run from the folder itself (``--ckpt_path``): it has the sharded optimizer state.
 """
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from lit_gpt.checkpoint_io import atomic_torch_save
+from lit_gpt.checkpoints.atomic import atomic_torch_save
+from lit_gpt.checkpoints.read import resolve_checkpoint
+from lit_gpt.checkpoints.sharded import is_sharded, load_sharded
 from lit_gpt.errors import LitGPTError
-from lit_gpt.sharded_checkpoint import is_sharded, load_sharded
 
 
 def convert(*, checkpoint: str, out: str) -> None:
@@ -24,8 +25,6 @@ def convert(*, checkpoint: str, out: str) -> None:
             (its newest last.ckpt is used).
         out: The file to write (weights, model config and tokenizer; no optimizer state).
     """
-    from lit_gpt.checkpoint import resolve_checkpoint  # imports the LightningModule: only when converting
-
     source = resolve_checkpoint(checkpoint)
     if not is_sharded(source):
         raise LitGPTError(

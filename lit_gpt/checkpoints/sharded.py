@@ -1,4 +1,5 @@
-"""Sharded (FSDP) checkpoint folders: what every reader checks, and the crash recovery every reader shares.
+"""Sharded (FSDP2) checkpoint folders: what every reader checks, the crash recovery every reader shares, and the
+strategy hooks that write and resume them.
 
 Under ``--trainer.strategy fsdp`` each checkpoint is a torch distributed-checkpoint folder: ``.metadata``, one
 ``__<rank>_0.distcp`` per rank, and Lightning's ``meta.pt`` with everything else (step, hyper-parameters, our
@@ -6,7 +7,7 @@ Under ``--trainer.strategy fsdp`` each checkpoint is a torch distributed-checkpo
 enough, nothing that runs code when unpickled); ``load_sharded`` consolidates one into the dict a single-device run
 saves.
 
-A folder is saved under a hidden temporary name and swapped in (``FSDP2Strategy.save_checkpoint``);
+A folder is saved under a hidden temporary name and swapped in (``ShardedCheckpointHooks.save_checkpoint``);
 ``recover_interrupted_save`` finishes or undoes a swap that a killed job left half-done, so readers always find a
 complete checkpoint under its own name.
 """
@@ -17,14 +18,29 @@ import dataclasses
 import enum
 import os
 import pickle
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lit_gpt.checkpoint_io import TMP_MARK, _fsync_dir, _pid_alive, check_readable, load_error
+from lit_gpt.checkpoints.atomic import (
+    TMP_MARK,
+    atomic_torch_save,
+    check_readable,
+    fsync_dir,
+    load_error,
+    pid_alive,
+    save_error,
+    write_failure,
+)
 from lit_gpt.errors import LitGPTError, first_line
+from lit_gpt.lightning_private import (
+    distributed_checkpoint_save,
+    load_distributed_checkpoint,
+    saves_distributed_checkpoint,
+)
 
 DCP_METADATA = ".metadata"  # written by torch.distributed.checkpoint; marks a sharded checkpoint folder
 META_FILE = "meta.pt"  # Lightning's non-tensor part of the checkpoint, written last (so it marks a complete save)
@@ -182,7 +198,7 @@ def swap_in(staging: Path, target: Path) -> None:
     except FileNotFoundError:
         if not _complete(target):  # else a reader's recovery finished this swap a moment ago
             raise
-    _fsync_dir(target.parent)  # the renames are on disk before the previous checkpoint is deleted
+    fsync_dir(target.parent)  # the renames are on disk before the previous checkpoint is deleted
     remove_path(old)
 
 
@@ -192,8 +208,8 @@ def recover_interrupted_save(target: str | Path, clean: bool = False) -> None:
 
     A save swaps a complete new folder in with two renames: the previous checkpoint to ``<staging>.old``, then the
     new one to ``target``. Killed between the two, ``target`` is missing: the complete new folder is put in its
-    place (else the previous one). Only a writer cleans (``FSDP2Strategy.save_checkpoint``): a reader on another
-    machine cannot tell a dead save's pid from a running one's."""
+    place (else the previous one). Only a writer cleans (``ShardedCheckpointHooks.save_checkpoint``): a reader on
+    another machine cannot tell a dead save's pid from a running one's."""
     target = Path(target)
     if not target.parent.is_dir():
         return
@@ -212,7 +228,7 @@ def recover_interrupted_save(target: str | Path, clean: bool = False) -> None:
         return
     for p in staged:
         pid = _pid_of(p, target)
-        if p.exists() and pid is not None and not _pid_alive(pid):
+        if p.exists() and pid is not None and not pid_alive(pid):
             remove_path(p)
 
 
@@ -234,13 +250,12 @@ def recover_interrupted_saves(root: str | Path, clean: bool = False) -> None:
 def load_sharded(path: str | Path) -> dict[str, Any]:
     """A sharded checkpoint folder gathered into one plain checkpoint dict in CPU memory, without its optimizer
     state: ``state_dict`` with the full (unsharded) tensors, and the rest of Lightning's checkpoint."""
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
     from torch.distributed.checkpoint.api import CheckpointException
 
     folder = Path(path)
     check_sharded(folder)  # every shard there and whole, nothing that runs code: else one line, not a traceback
     try:
-        checkpoint = _load_distributed_checkpoint(folder)  # Lightning's reader: no process group needed
+        checkpoint = load_distributed_checkpoint(folder)  # Lightning's reader: no process group needed
     except (CheckpointException, RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
         # CheckpointException derives from BaseException: it wraps what failed on a rank (bytes changed on disk).
         raise _corrupt(folder, first_failure(e)) from None
@@ -261,3 +276,109 @@ def first_failure(error: BaseException) -> str:
 
 def _plain(value: Any) -> Any:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+# --- the strategy's hooks --------------------------------------------------------------------------------------------
+
+
+class ShardedCheckpointHooks:
+    """Mixed into a ``ModelParallelStrategy`` (``lit_gpt.parallel.FSDP2Strategy``): crash-safe sharded saves, and
+    resumes that check the folder first and fail in one line."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Write a sharded checkpoint so that a kill at any moment leaves the previous one or the new one whole.
+
+        Lightning writes the shards into the existing folder, in place: killed mid-save, ``last.ckpt`` mixes new
+        shards with the old ``meta.pt``, or lacks shards. Here every rank writes into one hidden staging folder,
+        rank 0 adds ``meta.pt`` last (it marks the folder complete), and only then swaps it in (``swap_in``)."""
+        if storage_options is not None or "://" in str(filepath):  # Lightning's refusal, or a remote store
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))  # one path for all ranks, as Lightning does
+        if not saves_distributed_checkpoint(self):
+            return self._save_full_checkpoint(checkpoint, path)
+        # One staging name for all ranks: rank 0's pid (to tell a dead save's leftovers) and a random part.
+        staging = staging_path(path, self.broadcast(f"{os.getpid()}-{secrets.token_hex(4)}"))
+        if self.global_rank == 0:
+            recover_interrupted_saves(path.parent, clean=True)  # what killed earlier saves left in the folder
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        state = {"state_dict": checkpoint.pop("state_dict")}
+        state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+        error: BaseException | None = None
+        try:
+            distributed_checkpoint_save(state, staging)  # collective: a rank's failure fails it on every rank
+            if self.global_rank == 0:
+                atomic_torch_save(checkpoint, staging / META_FILE)
+        except (CheckpointException, OSError, RuntimeError) as e:
+            error = e
+        # Every rank reaches this vote, so none waits forever for a rank that failed.
+        if self.reduce_boolean_decision(error is None, all=True) and self.global_rank == 0:
+            try:
+                swap_in(staging, path)
+            except OSError as e:
+                error = e
+        if not self.reduce_boolean_decision(error is None, all=True):
+            message = None
+            if self.global_rank == 0:
+                remove_path(staging)
+                recover_interrupted_save(path)  # a swap that failed half-way: the previous checkpoint back in place
+                message = str(_save_failure(path, error))
+            raise LitGPTError(self.broadcast(message))  # rank 0's words on every rank: the CLI prints them once
+
+    def _save_full_checkpoint(self, checkpoint: dict[str, Any], path: Path) -> None:
+        # save_distributed_checkpoint=False: rank 0 writes one file (atomically, through the CheckpointIO). Lightning
+        # deletes a sharded folder of the same name first; it steps aside instead until the file is written.
+        aside = staging_path(path, f"{os.getpid()}-{secrets.token_hex(4)}{OLD_MARK}")
+        if self.global_rank == 0 and is_sharded(path):
+            os.rename(path, aside)
+        self.barrier("FSDP2Strategy.save_checkpoint")  # no rank looks at the path while it moves
+        super().save_checkpoint(checkpoint, path)
+        if self.global_rank == 0:
+            remove_path(aside)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's sharded resume, which reads the weights before the LightningModule sees the checkpoint and
+        fails with a traceback on every rank for a bad folder or another model: checked first, in one line."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if is_sharded(path):
+            meta = check_sharded(path)  # shards whole, nothing that runs code
+            if getattr(self.lightning_module, "model", None) is not None:
+                # Its model shape and tokenizer against the module's, before the shards are read into the model.
+                self.lightning_module.on_load_checkpoint(meta)
+        try:
+            return super().load_checkpoint(path, weights_only)
+        except (CheckpointException, RuntimeError, OSError, EOFError, ValueError) as e:
+            if path.is_file():
+                raise LitGPTError(single_file_under_fsdp(path)) from None
+            raise LitGPTError(f"could not resume from {str(path)!r} ({first_failure(e)}); {EARLIER}") from None
+
+
+def _save_failure(path: Path, error: BaseException | None) -> LitGPTError:
+    """The one line for a sharded save that failed (a full disk, most often); nothing of it was left behind."""
+    failures = getattr(error, "failures", None)  # torch's CheckpointException: what failed on each rank
+    if isinstance(failures, dict) and failures:
+        error = next(iter(failures.values()))[0]
+    failure = write_failure(error) if error is not None else None
+    if failure is not None:
+        return save_error(path, failure)
+    why = first_failure(error) if error is not None else "another rank could not write its shard"
+    kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint of that name was saved yet"
+    return LitGPTError(f"could not save {str(path)} ({why}); {kept}; fix that and resume with --ckpt_path last")
+
+
+def single_file_under_fsdp(path: str | Path) -> str:
+    """The one line for resuming a single-file checkpoint under FSDP."""
+    return (
+        f"{str(path)!r} is a single-file checkpoint: resume it without --trainer.strategy fsdp (FSDP resumes only "
+        f"its own sharded checkpoint folders), or start an FSDP run from its weights with --model.init_from {path}"
+    )
+
+
+def sharded_without_fsdp(path: str | Path) -> str:
+    """The one line for resuming a sharded checkpoint folder without FSDP."""
+    return (
+        f"{str(path)!r} is a sharded (FSDP) checkpoint folder: resume it with --trainer.strategy fsdp, or use its "
+        f"weights only: lit-gpt convert --checkpoint {path} --out model.ckpt, or --model.init_from {path}"
+    )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import tempfile
@@ -23,14 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _load as fsspec_load
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_gpt.errors import LitGPTError
+from lit_gpt.lightning_private import fsspec_load
 
-_UMASK = os.umask(0o022)  # read once: mkstemp makes owner-only files, a checkpoint gets the usual permissions
-os.umask(_UMASK)
 TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<random>": hidden, and never end in ".ckpt"
 
 
@@ -42,7 +41,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
     try:
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; a checkpoint gets the usual ones
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -51,10 +50,19 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)  # ... and so is the rename
+    fsync_dir(path.parent)  # ... and so is the rename
 
 
-def _fsync_dir(folder: Path) -> None:
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read at the first save (reading it means setting it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk, where the filesystem allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some filesystems do not let a folder be opened; the rename is still atomic
@@ -72,11 +80,12 @@ def _remove_stale_temporaries(path: Path) -> None:
     pattern = re.compile(rf"^\.{re.escape(path.name)}{re.escape(TMP_MARK)}(\d+)-")
     for candidate in path.parent.glob(f".{path.name}{TMP_MARK}*"):
         m = pattern.match(candidate.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             candidate.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this machine (a save's temporaries name their writer's pid)."""
     if pid == os.getpid():
         return True
     try:
