@@ -1,16 +1,13 @@
 """Which kernel computes attention (``F.scaled_dot_product_attention``) in training and validation steps, chosen from
 outside the model: ``model.py`` always calls SDPA, and ``LitGPT`` runs its steps under the choice.
 
-PyTorch picks a kernel by itself ("auto": cuDNN's for GPT-2's shapes on an H200 with torch 2.11, where
-FlashAttention-2 was within 0.5% of it). Naming one pins it across PyTorch versions and GPUs (pin flash where a cuDNN
+PyTorch picks a kernel by itself ("auto"). Naming one pins it across PyTorch versions and GPUs (pin flash where a cuDNN
 version misbehaves), and makes a run fail loudly instead of silently falling back to a slow one. Under
 ``torch.compile`` the kernel is fixed when the graph is traced, inside the step, so it holds there too.
 
 On a CPU, bf16 training (``bf16-mixed`` or ``bf16-true``) attends in float32 when the context is short: PyTorch's
-CPU flash-attention kernel (torch 2.13, a Zen 4) runs forward and backward 2.7x-2.9x slower in bf16 than in float32
-at the CPU config's shape (T 64, head size 32), 1.15x-1.3x slower at T 256, even at 512 and faster only from 1024
-(0.85x-0.93x). At block 64 bf16 attention took back all that bf16's matmuls gained: the compiled step was 1.02x
-float32's, and is 1.48x with attention in float32 (docs/benchmarks.md, "bf16 attention on a CPU").
+CPU flash-attention kernel is slower in bf16 than in float32 at short contexts, enough to take back all that bf16's
+matmuls gain (docs/benchmarks.md, "bf16 attention on a CPU").
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class TokenThroughput(ThroughputMonitor):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
     ) -> None:
         # Lightning's version synchronizes the GPU after every batch, which stalls the CPU from queueing the next one
-        # (13% of a small model's step on an H100), and its bookkeeping is 0.2% of a small model's CPU step. Count
+        # (docs/benchmarks.md). Count
         # every batch; read the clock, synchronize and log only when the figures are about to be logged.
         if not trainer.is_global_zero:
             return
@@ -193,9 +193,9 @@ class ProgressBar(RichProgressBar):
     """Lightning's Rich progress bar with short metric names: step, loss, val loss and tokens/s."""
 
     SHORT = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_sec": "tok/s"}
-    # Twice a second. Rich draws from a thread, ~2 ms of Python a frame in a terminal, which holds the GIL and takes
-    # a core from the step's matmul threads: at Lightning's 10 frames a second a CPU config step was 1-4% slower,
-    # at 2 no slower (measured on 2 cores). Updating the bar after every batch is Python too (0.4% of that step).
+    # Twice a second. Rich draws from a thread, in Python, which holds the GIL and takes a core from the step's
+    # matmul threads at Lightning's 10 frames a second (scripts/bench_progress_bar.py). Updating the bar after
+    # every batch is Python too.
     REDRAW_SECONDS = 0.5
 
     def __init__(self, leave: bool = True, **kwargs: Any) -> None:

@@ -1,16 +1,14 @@
 """float32 matmuls on oneDNN instead of MKL, on the CPUs where MKL is slow.
 
 PyTorch's x86 builds run float32 matmuls in Intel's MKL, which picks its kernels by the processor's vendor, not its
-instruction set: on an AMD EPYC with full-width AVX-512 (a Zen 5, by its rate: the 2026-12-02 host, whose oneDNN
-rate no 256-bit datapath reaches on 2 cores) a 2048² sgemm runs at 185 GFLOP/s on 2 cores, where oneDNN (which
-PyTorch ships too, and already uses for bf16) runs the same product at 430 GFLOP/s, and 1.8-2.3x as fast at the CPU
-config's shapes. Zen 4 has AVX-512 too but runs it on 256-bit units, two halves per instruction, so oneDNN's AVX-512
-kernels have no edge over MKL's AVX2 ones there (219 against 150-191 GFLOP/s at 2048², and the CPU config's steps
-0.93x-1.02x MKL's); on an AMD CPU without AVX-512 (Zen 3) both use AVX2 kernels and MKL's are 0-13% faster. So
-``auto`` takes oneDNN only on AMD CPUs with AVX-512 of family 0x1A (Zen 5) or newer. ``use_onednn_linears`` swaps
+instruction set: on an AMD CPU with full-width AVX-512 (Zen 5) MKL runs well below oneDNN (which PyTorch ships too,
+and already uses for bf16). Zen 4 has AVX-512 too but runs it on 256-bit units, two halves per instruction, so
+oneDNN's AVX-512 kernels have no edge over MKL's AVX2 ones there; without AVX-512 (Zen 3) MKL's are the faster.
+So ``auto`` takes oneDNN only on AMD CPUs with AVX-512 of family 0x1A (Zen 5) or newer (figures in
+docs/benchmarks.md). ``use_onednn_linears`` swaps
 the class of every plain ``nn.Linear`` (parameter names, hence checkpoints, are unchanged, as for LoRA) to one whose
 forward and backward matmuls run in oneDNN, with the same results to float32 rounding. Matmuls too small to gain (a
-token's decode step: oneDNN costs ~15 us a call to set up), inputs that are not float32 (bf16 weights, autocast,
+token's decode step: oneDNN's per-call set-up costs more), inputs that are not float32 (bf16 weights, autocast,
 which routes to oneDNN by itself) and other devices keep ``F.linear``."""
 
 from __future__ import annotations
@@ -47,6 +45,12 @@ def _register_op() -> None:
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.lit_gpt.onednn_linear(x, weight, bias)
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` in oneDNN, outside a model (e.g. to time it)."""
+    _register_op()
+    return _linear(x, weight, bias)
 
 
 class _OneDNNLinear(torch.autograd.Function):

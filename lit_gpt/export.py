@@ -19,6 +19,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -26,7 +27,8 @@ from lit_gpt.errors import LitGPTError
 from lit_gpt.init_from import CONV1D, LIT_META, check_weights, load_pretrained
 from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
 
-FORMATS = ("hf", "safetensors")
+ExportFormat = Literal["hf", "safetensors"]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
 def hf_problems(config: GPTConfig) -> list[str]:
@@ -90,7 +92,7 @@ def hf_config(config: GPTConfig, eot_id: int | None) -> dict:
     }
 
 
-def export(*, checkpoint: str, out: str, format: str = "hf") -> None:
+def export(*, checkpoint: str, out: str, format: ExportFormat = "hf") -> None:
     """Write a checkpoint's weights as safetensors: for Hugging Face transformers (hf) or lit-gpt (safetensors).
 
     Args:

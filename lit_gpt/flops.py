@@ -9,18 +9,18 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.throughput import get_available_flops
 
-from lit_gpt.cpu_matmul import onednn_available
+from lit_gpt.cpu_matmul import onednn_available, onednn_linear
 
 
 def measure_matmul_flops(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048
 ) -> float:
     """FLOP/s of a large square matmul on ``device``: the practical ceiling a model's matmuls can reach there. The
-    product is a linear layer's, ``x @ W.T``: on a CPU without bf16 instructions bf16 ``a @ b`` takes a path ~13x
-    slower than that layout, which the model never runs. On a CPU in float32, the faster of ATen's (MKL on x86) and
+    product is a linear layer's, ``x @ W.T``: on a CPU without bf16 instructions bf16 ``a @ b`` takes a much slower
+    path than that layout, which the model never runs. On a CPU in float32, the faster of ATen's (MKL on x86) and
     oneDNN's, which lit-gpt's linears may use (lit_gpt/cpu_matmul.py). ``n``: the largest size timed; a CPU stops
-    doubling from 256 once one product takes 50 ms (bf16 without bf16 instructions runs at ~15 GFLOP/s, where 2048²
-    would take a second a product), so the measurement stays about a second."""
+    doubling from 256 once one product takes 50 ms (bf16 without bf16 instructions is so slow that 2048² would take
+    a second a product), so the measurement stays about a second."""
     cpu = torch.device(device).type == "cpu"
     size = 256 if cpu else n
     while True:
@@ -33,7 +33,7 @@ def measure_matmul_flops(
         size *= 2
     products = [lambda: F.linear(a, b)]
     if cpu and dtype == torch.float32 and onednn_available():
-        products.append(lambda: torch.ops.lit_gpt.onednn_linear(a, b, None))  # the same product in oneDNN
+        products.append(lambda: onednn_linear(a, b))  # the same product in oneDNN
     return max(_rate(product, device, 2 * size**3) for product in products)
 
 

@@ -47,8 +47,8 @@ def sample_next(
 @contextmanager
 def _aten_elementwise(device: torch.device) -> Iterator[None]:
     """On a CPU, ATen's own elementwise kernels rather than oneDNN's while decoding: on one token's activations
-    oneDNN's GELU costs about 36 us a call against ATen's 10 us, which made decoding 10% slower. Matmuls use the
-    same BLAS either way."""
+    oneDNN's GELU costs more per call than ATen's, which made decoding slower. Matmuls use the same BLAS either
+    way."""
     if device.type != "cpu" or not torch.backends.mkldnn.enabled:
         yield
         return
@@ -233,8 +233,8 @@ def generate(
             and, past block_size, the window's slide or ring each compile once or twice), counted in the tokens/s
             printed: worth it for long samples.
         dtype: The weights' and activations' type while sampling. On a GPU, bfloat16 or float16 halve the bytes
-            each token reads. On a CPU keep float32: bfloat16 decoded at 0.8x float32's speed on a 2-core CPU with
-            AMX (docs/benchmarks.md). Samples differ slightly from float32's, as rounding moves the probabilities.
+            each token reads. On a CPU keep float32: bfloat16 decodes slower there (docs/benchmarks.md). Samples
+            differ slightly from float32's, as rounding moves the probabilities.
         cpu_matmul: Library for float32 matmuls on a CPU, as for training (--model.cpu_matmul): auto, onednn or
             aten. Only matmuls of at least ~1M multiply-adds use oneDNN (the prompt, a large vocabulary's output
             layer); a token's small ones stay with aten.

@@ -208,7 +208,9 @@ def fit_cli(args: list[str] | None = None, run: bool = True) -> LitGPTCLI:
     register_fsdp2()  # --trainer.strategy fsdp (lit_gpt.parallel.FSDP2Strategy)
     reuse_freed_memory()  # no page faults for each step's activations on a CPU (lit_gpt/malloc.py)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # main() passes argv on purpose
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # Lightning vs torch 2.13, harmless
+    warnings.filterwarnings(
+        "ignore", message=".*isinstance.treespec, LeafSpec.*"
+    )  # Lightning's use of a torch API torch deprecates, harmless
     # Our loaders slice memory-mapped tokens in-process (workers would only add copies), and val/loss is a
     # torchmetrics metric already reduced over ranks: Lightning's advice on both does not apply.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -82,15 +82,13 @@ class LitGPT(L.LightningModule):
                 sample at each validation is drawn uncompiled: compiling its graphs would take far longer than it.
             compile_validation: With compile, validate through the compiled model too, a graph of its own compiled at
                 the first validation. Empty: on a GPU, where a long run's many validations repay it, but not on a
-                CPU, where it took 14 s to compile for a forward pass 1.03-1.16x as fast (the CPU config, 2 cores).
+                CPU, where compiling it costs more than it saves (docs/benchmarks.md).
             cpu_matmul: Library for the float32 matmuls of the linear layers on a CPU: onednn, or aten (PyTorch's
                 default: MKL on x86). auto is onednn on AMD processors with full-width AVX-512 (Zen 5 on), where
-                MKL's float32 kernels run at about half oneDNN's speed (1.26-1.30x faster steps on the CPU config),
-                and aten elsewhere (Zen 4's AVX-512 runs on 256-bit units: no faster than MKL's AVX2 there).
+                MKL's float32 kernels are slow, and aten elsewhere (lit_gpt/cpu_matmul.py says why).
                 The same results to float32 rounding; no effect on a GPU or under bf16.
             attention_kernel: The kernel that computes attention in training and validation steps. auto is
-                PyTorch's own choice (cuDNN's for GPT-2's shapes on an H200 with torch 2.11, FlashAttention-2 within
-                0.5% of it there); flash, cudnn and efficient (the last two GPUs only) and math name one. Naming
+                PyTorch's own choice; flash, cudnn and efficient (the last two GPUs only) and math name one. Naming
                 one makes a run fail clearly where it cannot run, instead of falling back to a slower one.
             activation_checkpointing: Recompute each Transformer block's activations in the backward pass instead
                 of keeping them: less memory for about a third more compute.
@@ -217,7 +215,7 @@ class LitGPT(L.LightningModule):
         x, y = batch
         with attention_kernel(self.hparams.get("attention_kernel", "auto")):
             _, loss = self.model(x, y)
-        if self._flops_shape != tuple(x.shape):  # counting parameters every step costs ~0.5 ms on a CPU
+        if self._flops_shape != tuple(x.shape):  # counting parameters every step is slow on a CPU
             self._flops_shape = tuple(x.shape)
             self.flops_per_batch = self.model.flops_per_token(x.size(1)) * x.numel()
         # Log the loss of the whole optimizer step (mean over its micro-batches and ranks), so a curve does not
@@ -226,7 +224,7 @@ class LitGPT(L.LightningModule):
         micro = batch_idx % accumulate
         self._step_loss = loss.detach() if micro == 0 else self._step_loss + loss.detach()
         # Only on the steps the logger writes (the progress bar shows the last of them): each self.log costs
-        # about a millisecond of Python, 4% of a small model's step on a CPU.
+        # Python that a small model's CPU step notices.
         trainer = self.trainer
         if micro == accumulate - 1 and (should_update_logs(trainer) or trainer.fast_dev_run):
             self.log("train/loss", self._step_loss / (micro + 1), prog_bar=True, sync_dist=trainer.world_size > 1)
@@ -269,7 +267,7 @@ class LitGPT(L.LightningModule):
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Free the gradients as soon as they are used (nanoGPT does the same), not after the next forward pass where
-        # Lightning would: a lower peak, and on a CPU ~1% faster steps from the allocator reusing the memory.
+        # Lightning would: a lower peak, and on a CPU faster steps from the allocator reusing the memory.
         optimizer.zero_grad(set_to_none=True)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:

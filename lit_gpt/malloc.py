@@ -2,8 +2,8 @@
 
 PyTorch's CPU allocator has no cache of its own (unlike its CUDA one): every step mallocs its activations and frees
 them. With glibc's defaults, large buffers come from fresh ``mmap``s and the top of the heap is trimmed back to the
-OS after each free, so every step faults its activations in again: about 460 page faults per step on a 2-layer,
-128-wide model, 11 with these settings, and the CPU config's step is ~6% faster (docs/benchmarks.md). It is what
+OS after each free, so every step faults its activations in again; with these settings it does not, and the CPU
+config's step is faster (docs/benchmarks.md, "glibc malloc thresholds"). It is what
 the usual advice to run PyTorch on a CPU with jemalloc or tcmalloc buys, without a preload. Peak RSS is the same:
 the memory was needed at the peak anyway; it is just not returned to the OS between steps.
 """

@@ -19,13 +19,18 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 from lit_gpt.fused_loss import linear_cross_entropy
+
+Norm = Literal["layernorm", "rmsnorm", "none"]
+Mlp = Literal["gelu", "relu", "swiglu", "none"]
+Init = Literal["gpt2", "neox", "pytorch"]
+Position = Literal["learned", "rotary"]
 
 
 @dataclass(frozen=True)
@@ -59,16 +64,16 @@ class GPTConfig:
     """Output projections into the residual stream: attention's c_proj after the heads are concatenated, and an MLP
     that widens to its hidden size and projects back (c_fc, c_proj). False is the lecture before "residual
     connections": heads concatenated straight into the stream and an MLP of one n_embd x n_embd layer."""
-    norm: Literal["layernorm", "rmsnorm", "none"] = "layernorm"
+    norm: Norm = "layernorm"
     """Normalisation before attention, before the MLP and before the output layer (pre-norm). "rmsnorm" only
     rescales (no mean subtraction, no bias), as LLaMA does. "none" is the lecture before LayerNorm."""
-    mlp: Literal["gelu", "relu", "swiglu", "none"] = "gelu"
+    mlp: Mlp = "gelu"
     """The feed-forward network after attention. "gelu" is GPT-2's, "relu" the lecture's, "swiglu" LLaMA's gated
     unit (silu(x W) * (x V)), "none" the lecture's attention-only steps."""
     mlp_hidden: int | None = None
     """Hidden width of the MLP. Empty: 4 x n_embd; for swiglu 8/3 x n_embd rounded up to a multiple of 8, which keeps
     the parameter count of a 4 x n_embd MLP (swiglu has three matrices, not two); n_embd when projections is off."""
-    init: Literal["gpt2", "neox", "pytorch"] = "gpt2"
+    init: Init = "gpt2"
     """Initial weights. "gpt2": normal with std 0.02, residual projections scaled down by 1/sqrt(2 n_layer).
     "neox": GPT-NeoX's, which scales with the width: std sqrt(2 / (5 n_embd)) ("small init") and residual projections
     2 / (n_layer sqrt(n_embd)) ("wang init"). At GPT-2's 768 wide that is 0.023, about GPT-2's 0.02; at 128 wide it
@@ -80,7 +85,7 @@ class GPTConfig:
     has: without residual connections the last layer's output is far from an embedding, and tying hurts there."""
 
     # --- a modern block ------------------------------------------------------------------------------------------
-    position: Literal["learned", "rotary"] = "learned"
+    position: Position = "learned"
     """How the model knows where a token is. "learned" adds a trained vector per position (GPT-2's wpe). "rotary"
     rotates each head's queries and keys by an angle proportional to the position, so attention scores depend only
     on the distance between tokens (RoPE), with no parameters."""
@@ -107,12 +112,7 @@ def config_problems(config: GPTConfig) -> list[str]:
         problems.append(f"vocab_size must be a positive integer, got {config.vocab_size!r}")
     if not 0.0 <= config.dropout < 1.0:
         problems.append(f"dropout must be in [0, 1), got {config.dropout!r}")
-    choices = {
-        "norm": ("layernorm", "rmsnorm", "none"),
-        "mlp": ("gelu", "relu", "swiglu", "none"),
-        "position": ("learned", "rotary"),
-        "init": ("gpt2", "neox", "pytorch"),
-    }
+    choices = {"norm": get_args(Norm), "mlp": get_args(Mlp), "position": get_args(Position), "init": get_args(Init)}
     for name, allowed in choices.items():
         value = getattr(config, name, allowed[0])
         if value not in allowed:

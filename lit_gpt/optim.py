@@ -14,7 +14,7 @@ def configure_adamw(
     """AdamW that decays only weights of 2+ dimensions (matmuls and embeddings), not biases or norm gains.
 
     ``fused`` defaults to the fused kernel on CUDA and CPU: one kernel for all parameters instead of a dozen small
-    ops per tensor (on a 2-core CPU it takes a fifth off a small model's step).
+    ops per tensor, which a small model's CPU step notices.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]

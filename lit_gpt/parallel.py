@@ -99,8 +99,8 @@ def parallelize(
 
 def uncompiled() -> contextlib.AbstractContextManager:
     """Within it, compiled modules run as plain PyTorch and nothing new compiles: for work too small to repay
-    compiling graphs of its own. A sample at each validation is one (its prompt and one-token graphs took 48 s to
-    compile on 2 cores, for 200 tokens drawn in 0.5 s without). ``torch.compiler.set_stance``; torch < 2.6 compiles.
+    compiling graphs of its own, such as the text sample at each validation (its graphs take far longer to compile
+    than the sample takes to draw). ``torch.compiler.set_stance``; torch < 2.6 compiles.
     """
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()

@@ -34,8 +34,8 @@ from lit_gpt.tokenizer import CharTokenizer, Tokenizer, UnknownCharactersError
 from lit_gpt.tokenizer_spec import TokenizerSpec, tokenizer_from_dict
 
 FORMAT_VERSION = 2  # bump when the prepared layout changes, so old caches are rebuilt
-# Text is encoded in pieces of about this many characters, cut at line breaks (or spaces): HF tokenizers is ~1.6x
-# faster on 4 kB pieces than on 1 MB ones (and than line by line), and memory stays bounded whatever a row's size.
+# Text is encoded in pieces of about this many characters, cut at line breaks (or spaces): HF tokenizers is faster
+# on such pieces than on 1 MB ones (and than line by line), and memory stays bounded whatever a row's size.
 PIECE_CHARS = 4096
 # bpe is trained on the training split, up to this many characters (more adds hours, not quality)
 BPE_TRAIN_CHARS = 500_000_000

@@ -104,7 +104,7 @@ class Source:
             _drop_json_parse_logs()
         if not self.rows_are_documents:
             # A lone .txt file: rows are ~1 MB runs of whole lines, exactly as on disk (the text builder's rows are
-            # single lines, about 3x slower to load, with \r\n turned into \n).
+            # single lines, slower to load, with \r\n turned into \n).
             gen_kwargs = {"path": self.files[0], "stamp": self.fingerprint()}  # the stamp keys datasets' cache
             if streaming:
                 return datasets.IterableDataset.from_generator(_text_pieces, gen_kwargs=gen_kwargs)

@@ -3,8 +3,8 @@
 Lightning imports torchmetrics, and torchmetrics imports at once every optional package it finds installed, for its
 domain metrics: transformers for BERTScore and CLIP score, matplotlib for ``Metric.plot``, torchvision, scipy and
 nltk for image, audio and text metrics (torchmetrics#2242). lit-gpt uses one of its metrics, ``MeanMetric``. With
-transformers and matplotlib installed that was 2.4 s more at every ``lit-gpt`` start on 2 cores (8.6 s against 6.1 s
-for ``lit-gpt fit --help``, ``scripts/bench_startup.py``), and again in every DDP rank it launches.
+transformers and matplotlib installed that is seconds more at every ``lit-gpt`` start, and again in every DDP rank
+it launches (``scripts/bench_startup.py``, docs/benchmarks.md).
 
 ``skip_torchmetrics_extras`` marks those packages as missing for torchmetrics alone, as if they were not installed,
 a setup torchmetrics supports: its domain metrics then ask for them when used. Nothing else changes: lit-gpt's own
