@@ -98,8 +98,8 @@ def test_a_compiled_model_on_onednn_gives_the_same_loss_and_gradients():
     ("vendor", "capability", "family", "onednn"),
     [
         ("AuthenticAMD", "AVX512", 26, True),  # Zen 5: MKL runs its AVX2 kernels, oneDNN full-width AVX-512 (~2x)
-        ("AuthenticAMD", "AVX512", 25, False),  # Zen 4: AVX-512 on 256-bit units, oneDNN 0.93-1.02x (measured, README)
-        ("AuthenticAMD", "AVX2", 25, False),  # Zen 3: both on AVX2, MKL's 0-13% faster (measured, README)
+        ("AuthenticAMD", "AVX512", 25, False),  # Zen 4: AVX-512 on 256-bit units, oneDNN 0.93-1.02x (benchmarks.md)
+        ("AuthenticAMD", "AVX2", 25, False),  # Zen 3: both on AVX2, MKL's 0-13% faster (docs/benchmarks.md)
         ("GenuineIntel", "AVX512", 6, False),  # MKL is at home
     ],
 )
