@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import lightning as L
 import torch
@@ -37,10 +37,63 @@ from lit_gpt.hub import hub_repo
 from lit_gpt.init_from import WHAT_LOADS, build_model, load_pretrained, target_config
 from lit_gpt.lightning_private import should_update_logs
 from lit_gpt.model import GPT, GPTConfig
-from lit_gpt.optim import configure_adamw, warmup_cosine
+from lit_gpt.optim import (
+    LrSchedule,
+    OptimizerName,
+    configure_adamw,
+    configure_muon,
+    describe_split,
+    muon_split,
+    warmup_cosine,
+    warmup_stable_decay,
+)
 from lit_gpt.parallel import uncompiled
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.transforms import Transforms, apply_transforms
+
+DEFAULT_MUON_LR = 0.02  # nanochat's matrix learning rate; torch scales it by sqrt(max(1, rows / cols))
+DEFAULT_MUON_MOMENTUM = 0.95  # Keller Jordan's and torch's default
+DEFAULT_COOLDOWN = 0.2
+
+
+def optimizer_problems(
+    optimizer: str, muon_lr: float | None, momentum: float | None, weight_decay: float | None, config: GPTConfig
+) -> list[str]:
+    """What is wrong with the optimizer options, for the one-line config error."""
+    if optimizer not in get_args(OptimizerName):
+        return [f"optimizer must be one of {', '.join(get_args(OptimizerName))}; got {optimizer!r}"]
+    given = [
+        n
+        for n, v in (("muon_lr", muon_lr), ("muon_momentum", momentum), ("muon_weight_decay", weight_decay))
+        if v is not None
+    ]
+    if optimizer != "muon":
+        return (
+            [f"{', '.join(given)} set Muon's options but the optimizer is {optimizer}: add --model.optimizer muon"]
+            if given
+            else []
+        )
+    problems = []
+    if muon_lr is not None and not muon_lr > 0:
+        problems.append(f"muon_lr must be > 0, got {muon_lr!r}")
+    if momentum is not None and not 0.0 <= momentum < 1.0:
+        problems.append(f"muon_momentum must be in [0, 1), got {momentum!r}")
+    if weight_decay is not None and not weight_decay >= 0:
+        problems.append(f"muon_weight_decay must be >= 0, got {weight_decay!r}")
+    if config.bigram:
+        problems.append("the bigram model has no matrices inside blocks for Muon to train: use --model.optimizer adamw")
+    return problems
+
+
+def schedule_problems(schedule: str, cooldown_fraction: float | None) -> list[str]:
+    """What is wrong with the learning-rate schedule's options."""
+    if schedule not in get_args(LrSchedule):
+        return [f"lr_schedule must be one of {', '.join(get_args(LrSchedule))}; got {schedule!r}"]
+    if cooldown_fraction is not None and schedule != "wsd":
+        return ["cooldown_fraction is the wsd schedule's: add --model.lr_schedule wsd"]
+    if cooldown_fraction is not None and not 0.0 < cooldown_fraction <= 1.0:
+        return [f"cooldown_fraction must be in (0, 1], got {cooldown_fraction!r}"]
+    return []
 
 
 class LitGPT(L.LightningModule):
@@ -66,6 +119,12 @@ class LitGPT(L.LightningModule):
         lora_rank: int = 0,
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.0,
+        optimizer: OptimizerName = "adamw",
+        muon_lr: float | None = None,
+        muon_momentum: float | None = None,
+        muon_weight_decay: float | None = None,
+        lr_schedule: LrSchedule = "cosine",
+        cooldown_fraction: float | None = None,
     ) -> None:
         """A GPT language model trained with AdamW and a warm-up + cosine learning-rate schedule.
 
@@ -107,6 +166,15 @@ class LitGPT(L.LightningModule):
                 adapters train; lit-gpt export merges them into plain weights.
             lora_alpha: LoRA scaling: the adapters' output is multiplied by lora_alpha / lora_rank.
             lora_dropout: Dropout on the adapters' input.
+            optimizer: adamw, or muon: torch.optim.Muon for the 2-D weight matrices inside the blocks (attention
+                and MLP projections) and AdamW, at learning_rate, for everything else (embeddings, output layer,
+                norms, biases, LoRA adapters). docs/speedrun.md.
+            muon_lr: Muon's peak learning rate (empty: 0.02); the schedule scales it as it scales learning_rate.
+            muon_momentum: Muon's Nesterov momentum, in [0, 1) (empty: 0.95).
+            muon_weight_decay: Muon's decoupled weight decay (empty: 0).
+            lr_schedule: cosine (warm-up, cosine decay to min_lr), or wsd (warm-up, constant, linear cool-down to
+                min_lr over the last cooldown_fraction of the steps): for runs of unknown length.
+            cooldown_fraction: wsd's cool-down, as a fraction of lr_decay_steps (empty: 0.2).
         """
         super().__init__()
         if isinstance(config, dict):  # from a checkpoint's hyper-parameters
@@ -126,6 +194,8 @@ class LitGPT(L.LightningModule):
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         if not isinstance(loss_chunk_size, int) or loss_chunk_size < 0:
             problems.append(f"loss_chunk_size must be a whole number >= 0 (0 is off), got {loss_chunk_size!r}")
+        problems += optimizer_problems(optimizer, muon_lr, muon_momentum, muon_weight_decay, config)
+        problems += schedule_problems(lr_schedule, cooldown_fraction)
         problems += cpu_matmul_problems(cpu_matmul)
         problems += attention_kernel_problems(attention_kernel)
         problems += finetune_problems(freeze_layers, lora_rank, lora_alpha, lora_dropout)
@@ -254,14 +324,42 @@ class LitGPT(L.LightningModule):
         hp = self.hparams
         # fp16 needs a loss scaler, which Lightning cannot combine with a fused optimizer; every other precision can.
         fused = False if str(self.trainer.precision) == "16-mixed" else None
-        optimizer = configure_adamw(self.model, hp.learning_rate, hp.weight_decay, (hp.beta1, hp.beta2), fused)
+        betas = (hp.beta1, hp.beta2)
+        if hp.get("optimizer", "adamw") == "muon":
+            if not muon_split(self.model)[0]:
+                raise LitGPTError(
+                    "--model.optimizer muon trains the 2-D matrices inside the blocks, and this model has none to "
+                    "train (the bigram model, or every block frozen or under LoRA): use --model.optimizer adamw"
+                )
+            optimizer = configure_muon(
+                self.model,
+                hp.learning_rate,
+                hp.weight_decay,
+                betas,
+                muon_lr=hp.get("muon_lr") or DEFAULT_MUON_LR,
+                muon_momentum=DEFAULT_MUON_MOMENTUM if hp.get("muon_momentum") is None else hp.muon_momentum,
+                muon_weight_decay=hp.get("muon_weight_decay") or 0.0,
+                fused=fused,
+            )
+            if self.trainer.is_global_zero:
+                print(describe_split(self.model))
+        else:
+            optimizer = configure_adamw(self.model, hp.learning_rate, hp.weight_decay, betas, fused)
         decay_steps = hp.lr_decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps <= 0:
             raise LitGPTError("set trainer.max_steps (or model.lr_decay_steps) so the learning-rate decay has an end")
         min_ratio = hp.min_lr / hp.learning_rate if hp.learning_rate > 0 else 1.0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, decay_steps, min_ratio)
-        )
+        if hp.get("lr_schedule", "cosine") == "wsd":
+            cooldown = DEFAULT_COOLDOWN if hp.get("cooldown_fraction") is None else hp.cooldown_fraction
+
+            def multiplier(step: int) -> float:
+                return warmup_stable_decay(step, hp.warmup_steps, decay_steps, cooldown, min_ratio)
+        else:
+
+            def multiplier(step: int) -> float:
+                return warmup_cosine(step, hp.warmup_steps, decay_steps, min_ratio)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
@@ -293,6 +391,14 @@ class LitGPT(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = read_section(checkpoint, "this checkpoint")
+        if self.model is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            trained_with = checkpoint.get("hyper_parameters", {}).get("optimizer", "adamw")
+            if trained_with != self.hparams.get("optimizer", "adamw"):
+                raise LitGPTError(
+                    f"this checkpoint was trained with --model.optimizer {trained_with}, not "
+                    f"{self.hparams.get('optimizer', 'adamw')}: resume with --model.optimizer {trained_with}, or "
+                    "start a new run from its weights with --model.init_from CHECKPOINT"
+                )
         config = saved_config(saved, "this checkpoint")
         saved_tok = saved_tokenizer(saved, "this checkpoint")
         if saved_tok is not None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
+
+OptimizerName = Literal["adamw", "muon"]
+LrSchedule = Literal["cosine", "wsd"]
 
 
 def configure_adamw(
@@ -37,3 +41,110 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_ratio: flo
         return min_ratio
     progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+
+
+def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The trainable parameters Muon takes (the 2-D weight matrices inside the Transformer blocks: attention and MLP
+    projections) and those AdamW takes (embeddings, the output layer, norms, biases, scalars, LoRA adapters).
+
+    A tied embedding/output matrix sits outside the blocks and is listed once (``parameters()`` dedups it). LoRA's
+    factors go to AdamW: orthogonalising each low-rank factor is not Muon's update of the weight they adapt.
+    """
+    muon, adamw = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        name = name.replace("_orig_mod.", "")
+        inside_block = name.startswith("transformer.h.")
+        (muon if inside_block and p.dim() == 2 and "lora_" not in name else adamw).append(p)
+    return muon, adamw
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` for the blocks' matrices and ``torch.optim.AdamW`` for the rest, as one optimizer.
+
+    One object, so Lightning, the LR scheduler (one multiplier over every group: each keeps its own peak) and
+    checkpoints see an ordinary optimizer: its ``param_groups`` and ``state`` are the two optimizers' own, shared, and
+    its ``state_dict`` is torch's format over both.
+    """
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+        self.muon, self.adamw = muon, adamw
+        super().__init__(muon.param_groups + adamw.param_groups, {})
+        self._link()
+
+    def _link(self) -> None:
+        n = len(self.muon.param_groups)
+        self.muon.param_groups, self.adamw.param_groups = self.param_groups[:n], self.param_groups[n:]
+        for inner in (self.muon, self.adamw):
+            for p, s in inner.state.items():
+                self.state.setdefault(p, s)
+            inner.state = self.state  # params are disjoint: one state dict serves both
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._link()  # torch builds new group dicts and a new state dict on load
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+
+def configure_muon(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    muon_lr: float,
+    muon_momentum: float,
+    muon_weight_decay: float,
+    fused: bool | None = None,
+) -> MuonAdamW:
+    """Muon (Nesterov momentum, torch's Newton-Schulz) on the blocks' matrices; AdamW as ``configure_adamw`` on the
+    rest (weight decay on its 2-D tensors only)."""
+    muon_params, rest = muon_split(model)
+    muon = torch.optim.Muon(
+        [{"params": muon_params, "name": "muon"}], lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay
+    )
+    groups = [
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "name": "adamw"},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "name": "adamw_no_decay"},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if fused is None:
+        fused = bool(rest) and rest[0].device.type in ("cuda", "cpu")
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    return MuonAdamW(muon, adamw)
+
+
+def describe_split(model: nn.Module) -> str:
+    """One line: what Muon and AdamW each train (tensors and parameters)."""
+    muon, adamw = muon_split(model)
+
+    def count(ps: list[nn.Parameter]) -> str:
+        return f"{len(ps)} tensors, {sum(p.numel() for p in ps):,} parameters"
+
+    return f"optimizer: Muon on the blocks' matrices ({count(muon)}); AdamW on the rest ({count(adamw)})"
+
+
+def warmup_stable_decay(
+    step: int, warmup_steps: int, decay_steps: int, cooldown_fraction: float, min_ratio: float
+) -> float:
+    """LR multiplier for WSD: linear warm-up, constant, then a linear cool-down to ``min_ratio`` over the last
+    ``cooldown_fraction`` of ``decay_steps``, then flat. For runs of unknown length: any checkpoint of the constant
+    phase can be cooled down later, and extending a run does not change its past."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    cooldown_start = max(warmup_steps, round(decay_steps * (1.0 - cooldown_fraction)))
+    if step < cooldown_start:
+        return 1.0
+    if step >= decay_steps:
+        return min_ratio
+    progress = (step - cooldown_start) / max(1, decay_steps - cooldown_start)
+    return 1.0 - progress * (1.0 - min_ratio)

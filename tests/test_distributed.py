@@ -100,6 +100,37 @@ def test_ddp_fsdp_and_accumulation_give_the_loss_curve_of_one_process(runs):
         assert scalars(runs / name / "version_0")["val/loss"][-1][1] == pytest.approx(val, abs=1e-4), name
 
 
+@pytest.fixture(scope="module")
+def muon_runs(tmp_path_factory, corpus):
+    """The same 10 steps with Muon four ways: one process with batch 2B, accumulation 2, DDP and FSDP2 (whose
+    parameters are sharded DTensors: Newton-Schulz must see each whole matrix), FSDP2 stopped after step 5 and
+    resumed from its sharded checkpoint with both optimizers' state."""
+    cwd = tmp_path_factory.mktemp("muon")
+    muon = ["--model.optimizer", "muon", "--model.cpu_matmul", "aten"]
+    finish(
+        start(corpus, cwd, "single", *muon, "--data.batch_size", str(2 * B)),
+        start(corpus, cwd, "accumulate", *muon, "--data.batch_size", str(B), "--trainer.accumulate_grad_batches", "2"),
+    )
+    two_ranks = [*muon, "--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy"]
+    finish(start(corpus, cwd, "ddp", *two_ranks, "ddp"))
+    fsdp = [*two_ranks, "fsdp", "--trainer.val_check_interval", "5"]
+    finish(start(corpus, cwd, "fsdp", *fsdp, "--trainer.max_steps", "5"))
+    finish(start(corpus, cwd, "fsdp", *fsdp, "--ckpt_path", "last"))
+    return cwd / "runs"
+
+
+def test_muon_trains_the_same_curve_on_ddp_fsdp_and_with_accumulation(muon_runs, runs):
+    reference = losses(muon_runs / "single" / "version_0")
+    assert len(reference) == STEPS
+    adamw = losses(runs / "single" / "version_0")
+    assert reference[-1] < adamw[-1]  # Muon is not AdamW under another name: it gets further in 10 steps
+    for name in ("accumulate", "ddp", "fsdp"):
+        curve = losses(muon_runs / name / "version_0")
+        # 5e-4, not AdamW's 1e-4: torch's Newton-Schulz runs in bfloat16, whose rounding turns float32 summation
+        # order (2 micro-batches, 2 ranks) into differences of about 1e-4 by step 10.
+        assert curve == pytest.approx(reference, abs=5e-4), name
+
+
 def test_throughput_counts_each_ranks_flops_once(runs):
     # FLOP/s per token/s, per device, as the throughput monitor logs them, is the model's FLOPs per token on one
     # process and on two ranks alike (counting the global batch's FLOPs on each rank would double MFU).
