@@ -143,8 +143,8 @@ def cpu_matmul_problems(choice: str) -> list[str]:
 
 def onednn_wanted(choice: str, device: torch.device | str) -> bool:
     """Whether ``choice`` (auto, onednn or aten) means oneDNN linears for a model on ``device``. auto: on AMD x86
-    CPUs with full-width AVX-512 (Zen 5 on), where MKL's float32 kernels run at about half oneDNN's speed; elsewhere
-    PyTorch's default."""
+    CPUs with full-width AVX-512 (Zen 5 on), where MKL's float32 kernels fall well behind oneDNN's (figures in
+    docs/benchmarks.md); elsewhere PyTorch's default."""
     if torch.device(device).type != "cpu" or choice == "aten":
         return False
     full_width_avx512 = _amd_x86() and _avx512() and _amd_family() >= ZEN5_FAMILY

@@ -326,13 +326,15 @@ class LitGPT(L.LightningModule):
         fused = False if str(self.trainer.precision) == "16-mixed" else None
         betas = (hp.beta1, hp.beta2)
         if hp.get("optimizer", "adamw") == "muon":
-            if not muon_split(self.model)[0]:
+            muon_params, adamw_params = muon_split(self.model)
+            if not muon_params:
                 raise LitGPTError(
                     "--model.optimizer muon trains the 2-D matrices inside the blocks, and this model has none to "
                     "train (the bigram model, or every block frozen or under LoRA): use --model.optimizer adamw"
                 )
             optimizer = configure_muon(
-                self.model,
+                muon_params,
+                adamw_params,
                 hp.learning_rate,
                 hp.weight_decay,
                 betas,
@@ -342,7 +344,7 @@ class LitGPT(L.LightningModule):
                 fused=fused,
             )
             if self.trainer.is_global_zero:
-                print(describe_split(self.model))
+                print(describe_split(muon_params, adamw_params))
         else:
             optimizer = configure_adamw(self.model, hp.learning_rate, hp.weight_decay, betas, fused)
         decay_steps = hp.lr_decay_steps or self.trainer.max_steps

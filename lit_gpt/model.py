@@ -77,7 +77,8 @@ class GPTConfig:
     """Initial weights. "gpt2": normal with std 0.02, residual projections scaled down by 1/sqrt(2 n_layer).
     "neox": GPT-NeoX's, which scales with the width: std sqrt(2 / (5 n_embd)) ("small init") and residual projections
     2 / (n_layer sqrt(n_embd)) ("wang init"). At GPT-2's 768 wide that is 0.023, about GPT-2's 0.02; at 128 wide it
-    is 0.056, and nanoGPT's CPU config ends 0.15 lower in val loss after the same 2000 steps (docs/init.md).
+    is 0.056: a width-aware std keeps small models from starting too timid to learn quickly (figures in
+    docs/init.md).
     "pytorch": PyTorch's own defaults, as in the lecture's code (N(0, 1) embeddings, uniform +-1/sqrt(fan_in) Linear
     weights): the lecture's models without residual connections or norms need weights that large to train well."""
     tie_weights: bool = True

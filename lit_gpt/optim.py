@@ -13,14 +13,22 @@ LrSchedule = Literal["cosine", "wsd"]
 
 
 def configure_adamw(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], fused: bool | None = None
+    model: nn.Module | list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW that decays only weights of 2+ dimensions (matmuls and embeddings), not biases or norm gains.
+    """AdamW over a model's trainable parameters (or the given ones) that decays only weights of 2+ dimensions
+    (matmuls and embeddings), not biases or norm gains.
 
     ``fused`` defaults to the fused kernel on CUDA and CPU: one kernel for all parameters instead of a dozen small
     ops per tensor, which a small model's CPU step notices.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(model, nn.Module):
+        params = [p for p in model.parameters() if p.requires_grad]
+    else:
+        params = model
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
@@ -97,7 +105,8 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def configure_muon(
-    model: nn.Module,
+    muon_params: list[nn.Parameter],
+    adamw_params: list[nn.Parameter],
     lr: float,
     weight_decay: float,
     betas: tuple[float, float],
@@ -106,26 +115,16 @@ def configure_muon(
     muon_weight_decay: float,
     fused: bool | None = None,
 ) -> MuonAdamW:
-    """Muon (Nesterov momentum, torch's Newton-Schulz) on the blocks' matrices; AdamW as ``configure_adamw`` on the
-    rest (weight decay on its 2-D tensors only)."""
-    muon_params, rest = muon_split(model)
+    """Muon (Nesterov momentum, torch's Newton-Schulz) on ``muon_params``; ``configure_adamw`` on the rest. The two
+    lists are ``muon_split``'s."""
     muon = torch.optim.Muon(
         [{"params": muon_params, "name": "muon"}], lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay
     )
-    groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "name": "adamw"},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "name": "adamw_no_decay"},
-    ]
-    groups = [g for g in groups if g["params"]]
-    if fused is None:
-        fused = bool(rest) and rest[0].device.type in ("cuda", "cpu")
-    adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
-    return MuonAdamW(muon, adamw)
+    return MuonAdamW(muon, configure_adamw(adamw_params, lr, weight_decay, betas, fused))
 
 
-def describe_split(model: nn.Module) -> str:
-    """One line: what Muon and AdamW each train (tensors and parameters)."""
-    muon, adamw = muon_split(model)
+def describe_split(muon: list[nn.Parameter], adamw: list[nn.Parameter]) -> str:
+    """One line: what Muon and AdamW each train (tensors and parameters), from ``muon_split``'s lists."""
 
     def count(ps: list[nn.Parameter]) -> str:
         return f"{len(ps)} tensors, {sum(p.numel() for p in ps):,} parameters"

@@ -37,7 +37,9 @@ def test_frozen_weights_are_in_neither_optimizer_and_lora_adapters_go_to_adamw()
 def test_one_muon_adamw_step_changes_every_trained_tensor_and_its_state_round_trips():
     torch.manual_seed(0)
     model = GPT(CONFIG)
-    opt = configure_muon(model, 1e-3, 0.1, (0.9, 0.99), muon_lr=0.02, muon_momentum=0.95, muon_weight_decay=0.0)
+    opt = configure_muon(
+        *muon_split(model), 1e-3, 0.1, (0.9, 0.99), muon_lr=0.02, muon_momentum=0.95, muon_weight_decay=0.0
+    )
     x = torch.randint(0, 65, (2, 16))
     before = [p.detach().clone() for p in model.parameters()]
     model(x, x)[1].backward()
@@ -45,7 +47,9 @@ def test_one_muon_adamw_step_changes_every_trained_tensor_and_its_state_round_tr
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     state = opt.state_dict()
     assert len(state["state"]) == len(before)  # Muon's momentum and AdamW's moments, in one state dict
-    fresh = configure_muon(model, 1e-3, 0.1, (0.9, 0.99), muon_lr=0.02, muon_momentum=0.95, muon_weight_decay=0.0)
+    fresh = configure_muon(
+        *muon_split(model), 1e-3, 0.1, (0.9, 0.99), muon_lr=0.02, muon_momentum=0.95, muon_weight_decay=0.0
+    )
     fresh.load_state_dict(state)
     assert fresh.muon.state is fresh.state and fresh.adamw.state is fresh.state
     buf = fresh.state[next(iter(muon_split(model)[0]))]["momentum_buffer"]
