@@ -168,7 +168,7 @@ class LitGPT(L.LightningModule):
             lora_dropout: Dropout on the adapters' input.
             optimizer: adamw, or muon: torch.optim.Muon for the 2-D weight matrices inside the blocks (attention
                 and MLP projections) and AdamW, at learning_rate, for everything else (embeddings, output layer,
-                norms, biases, LoRA adapters). docs/speedrun.md.
+                norms, biases, LoRA adapters). Figures: docs/benchmarks.md.
             muon_lr: Muon's peak learning rate (empty: 0.02); the schedule scales it as it scales learning_rate.
             muon_momentum: Muon's Nesterov momentum, in [0, 1) (empty: 0.95).
             muon_weight_decay: Muon's decoupled weight decay (empty: 0).
