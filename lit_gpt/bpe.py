@@ -12,9 +12,12 @@ The state stored in checkpoints is JSON: the ``tokenizer.json`` text for ``bpe``
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lit_gpt.errors import LitGPTError
 from lit_gpt.tokenizer import Tokenizer
@@ -63,6 +66,17 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """Exact for byte-level BPE (GPT-2's scheme, ``bpe``): each character of a token's string stands for one
+        byte. Other schemes decode each id alone."""
+        if json.loads(self.json).get("decoder", {}).get("type") != "ByteLevel":
+            return super().token_bytes()
+        special = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self.hf.get_vocab(with_added_tokens=True).items():
+            out[i] = 0 if token in special else len(token)
+        return out
 
     def state(self) -> dict[str, Any]:
         return {"json": self.json}
@@ -127,6 +141,18 @@ class GPT2Tokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.enc.decode(list(ids))
+
+    def token_bytes(self) -> np.ndarray:
+        special = self.enc.special_tokens_set
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            try:
+                out[i] = len(self.enc.decode_single_token_bytes(i))
+            except KeyError:  # an id with no token (never in GPT-2's range)
+                continue
+        for token in special:
+            out[self.enc.encode_single_token(token)] = 0
+        return out
 
     def state(self) -> dict[str, Any]:
         return {"encoding": "gpt2"}

@@ -9,13 +9,14 @@ tokenizer as plain data, so a checkpoint alone can rebuild the model and generat
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, get_args
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from lit_gpt.attention_kernel import AttentionKernel, attention_kernel, attention_kernel_problems
 from lit_gpt.checkpoints.format import (
@@ -216,6 +217,10 @@ class LitGPT(L.LightningModule):
         self.model: GPT | None = None
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()
+        # val/bpb: the loss summed over the targets (nats) over the UTF-8 bytes they stand for, so runs with
+        # different tokenizers compare.
+        self.val_nats, self.val_bytes = SumMetric(), SumMetric()
+        self._token_bytes: torch.Tensor | None = None  # (vocab_size,) bytes per id, from the tokenizer
         self.flops_per_batch: int | None = None  # read by the throughput monitor
         self._flops_shape: tuple[int, ...] | None = None  # the batch shape flops_per_batch was computed for
 
@@ -305,8 +310,21 @@ class LitGPT(L.LightningModule):
         eager = uncompiled() if self._validates_uncompiled() else contextlib.nullcontext()
         with eager, attention_kernel(self.hparams.get("attention_kernel", "auto")):
             _, loss = self.model(x, y)
-        scored = (y != IGNORE_INDEX).sum()  # 0 in a padding batch (every rank runs as many batches: FixedWindows)
-        self.val_loss.update(torch.where(scored > 0, loss, 0.0), weight=scored)
+        mask = y != IGNORE_INDEX
+        scored = mask.sum()  # 0 in a padding batch (every rank runs as many batches: FixedWindows)
+        loss = torch.where(scored > 0, loss, 0.0)
+        self.val_loss.update(loss, weight=scored)
+        if (token_bytes := self._target_bytes_table()) is not None:
+            self.val_nats.update(loss.float() * scored)
+            self.val_bytes.update((token_bytes[y.clamp_min(0)] * mask).sum())  # no boolean indexing: no host sync
+
+    def _target_bytes_table(self) -> torch.Tensor | None:
+        if self._token_bytes is None and self.tokenizer is not None:
+            table = torch.zeros(self.model.config.vocab_size, dtype=torch.long)  # a padded vocabulary's extra ids: 0
+            ids = torch.from_numpy(self.tokenizer.token_bytes())
+            table[: len(ids)] = ids
+            self._token_bytes = table.to(self.device)
+        return self._token_bytes
 
     def _validates_uncompiled(self) -> bool:
         hp = self.hparams
@@ -318,7 +336,14 @@ class LitGPT(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # averaged over every rank's batches
         self.val_loss.reset()
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss)}
+        if self._token_bytes is not None:
+            nats, n_bytes = self.val_nats.compute(), self.val_bytes.compute()
+            self.val_nats.reset()
+            self.val_bytes.reset()
+            if n_bytes > 0:
+                metrics["val/bpb"] = nats / (math.log(2) * n_bytes)
+        self.log_dict(metrics, prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

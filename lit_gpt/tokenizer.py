@@ -59,6 +59,12 @@ class Tokenizer(ABC):
         """The end-of-text token that separates documents, or None when the vocabulary has none (``char``)."""
         return None
 
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text each id stands for (vocab_size,), 0 for special tokens: val/bpb divides the summed
+        loss by these, so that models with different tokenizers compare. This default decodes each id alone, which
+        is exact when every token is whole characters; kinds with byte-level tokens override it."""
+        return np.array([len(self.decode([i]).encode("utf-8")) for i in range(self.vocab_size)], dtype=np.int64)
+
     @abstractmethod
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state, enough for ``from_state`` to rebuild an identical tokenizer."""
@@ -124,6 +130,9 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i] for i in ids)
+
+    def token_bytes(self) -> np.ndarray:
+        return np.array([len(c.encode("utf-8")) for c in self.chars], dtype=np.int64)
 
     def state(self) -> dict[str, Any]:
         return {"chars": "".join(self.chars)}

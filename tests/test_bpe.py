@@ -135,3 +135,23 @@ def test_long_text_is_encoded_in_pieces_that_join_back(text, size):
 
     pieces = _pieces(text, size)
     assert "".join(pieces) == text and all(0 < len(p) <= size for p in pieces)
+
+
+TEXTS = ["To be, or not to be", "Zoë’s café 🙂 naïve", "", "\n\n  tabs\tand 日本語"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_token_bytes_add_up_to_the_texts_utf8_length(text, bpe):
+    """val/bpb divides by these: for every kind, the bytes of a text's tokens are the bytes of the text."""
+    gpt2 = GPT2Tokenizer(stand_in_gpt2(n_merges=6))
+    for tok in (bpe, BPE_SMALL, gpt2, HFTokenizer(bpe.json)):
+        table = tok.token_bytes()
+        assert table.shape == (tok.vocab_size,)
+        assert int(table[tok.encode(text)].sum()) == len(text.encode("utf-8")), (type(tok).__name__, text)
+        assert table[tok.eot_id] == 0  # a document separator is not text
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text())
+def test_token_bytes_of_any_text_through_bpe(s):
+    assert int(BPE_SMALL.token_bytes()[BPE_SMALL.encode(s)].sum()) == len(s.encode("utf-8"))

@@ -39,3 +39,9 @@ def test_unknown_kind_is_refused():
 @given(st.text(alphabet=sorted(set(TEXT))))
 def test_any_string_over_the_alphabet_round_trips(s):
     assert TOK.decode(TOK.encode(s)) == s
+
+
+def test_char_token_bytes_are_each_characters_utf8_length():
+    table = TOK.token_bytes()
+    assert int(table[TOK.encode(TEXT)].sum()) == len(TEXT.encode("utf-8"))  # "—" is 3 bytes, "ü" 2
+    assert table[TOK.stoi["ü"]] == 2 and table[TOK.stoi["a"]] == 1

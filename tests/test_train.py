@@ -51,11 +51,13 @@ def test_fit_writes_checkpoints_and_tensorboard_curves(trained_run):
     ckpts = {p.name for p in (trained_run / "checkpoints").iterdir()}
     assert "last.ckpt" in ckpts and any(n.startswith("step000080-val") for n in ckpts)
     s = scalars(trained_run)
-    for tag in ("train/loss", "val/loss", "val/ppl", "train/tokens_per_sec", "lr/decay", "lr/no_decay"):
+    for tag in ("train/loss", "val/loss", "val/ppl", "val/bpb", "train/tokens_per_sec", "lr/decay", "lr/no_decay"):
         assert s.get(tag), f"{tag} missing from TensorBoard; has {sorted(s)}"
     val = [v for _, v in s["val/loss"]]
     assert len(val) == 2 and val[1] < val[0] < math.log(60)  # learning, from below the uniform guess
     assert math.isclose(s["val/ppl"][-1][1], math.exp(val[-1]), rel_tol=1e-4)
+    # Bits per byte: the corpus is ASCII, one byte per character, so bpb is the loss in bits.
+    assert math.isclose(s["val/bpb"][-1][1], val[-1] / math.log(2), rel_tol=1e-4)
     assert s["train/loss"][-1][1] < s["train/loss"][0][1] - 0.5
     lrs = [v for _, v in s["lr/decay"]]
     assert max(lrs) == pytest.approx(1e-3, rel=0.02) and lrs[-1] < max(lrs)  # warm-up, then decay
