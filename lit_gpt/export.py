@@ -43,6 +43,8 @@ def hf_problems(config: GPTConfig) -> list[str]:
         problems.append(f"mlp is {config.mlp!r} (GPT-2: 'gelu')")
     if config.qk_norm:
         problems.append("qk_norm is on")
+    if config.logit_softcap:
+        problems.append("logit_softcap is on")
     return problems
 
 

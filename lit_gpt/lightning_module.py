@@ -195,6 +195,8 @@ class LitGPT(L.LightningModule):
                 problems.append(f"{name} must be in [0, 1), got {value!r}")
         if not isinstance(loss_chunk_size, int) or loss_chunk_size < 0:
             problems.append(f"loss_chunk_size must be a whole number >= 0 (0 is off), got {loss_chunk_size!r}")
+        elif loss_chunk_size and config.logit_softcap:
+            problems.append("loss_chunk_size does not soft-cap the logits: set loss_chunk_size 0 or logit_softcap 0")
         problems += optimizer_problems(optimizer, muon_lr, muon_momentum, muon_weight_decay, config)
         problems += schedule_problems(lr_schedule, cooldown_fraction)
         problems += cpu_matmul_problems(cpu_matmul)

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from lit_gpt.fused_loss import linear_cross_entropy
 
 Norm = Literal["layernorm", "rmsnorm", "none"]
-Mlp = Literal["gelu", "relu", "swiglu", "none"]
+Mlp = Literal["gelu", "relu", "relu2", "swiglu", "none"]
 Init = Literal["gpt2", "neox", "pytorch"]
 Position = Literal["learned", "rotary"]
 
@@ -69,7 +69,8 @@ class GPTConfig:
     rescales (no mean subtraction, no bias), as LLaMA does. "none" is the lecture before LayerNorm."""
     mlp: Mlp = "gelu"
     """The feed-forward network after attention. "gelu" is GPT-2's, "relu" the lecture's, "swiglu" LLaMA's gated
-    unit (silu(x W) * (x V)), "none" the lecture's attention-only steps."""
+    unit (silu(x W) * (x V)), "relu2" ReLU squared (relu(x)^2, Primer; the speedruns' choice), "none" the lecture's
+    attention-only steps."""
     mlp_hidden: int | None = None
     """Hidden width of the MLP. Empty: 4 x n_embd; for swiglu 8/3 x n_embd rounded up to a multiple of 8, which keeps
     the parameter count of a 4 x n_embd MLP (swiglu has three matrices, not two); n_embd when projections is off."""
@@ -96,6 +97,14 @@ class GPTConfig:
     """RMS-normalise each head's queries and keys before the scores: keeps attention logits from growing, which lets
     larger learning rates train stably. Adds 2 x head size parameters per block."""
 
+    # --- speedrun choices (modded-nanogpt's) ---------------------------------------------------------------------
+    logit_softcap: float = 0.0
+    """> 0: the output logits are c * tanh(logits / c), bounded to (-c, c) (Gemma 2's soft-capping): keeps a
+    confident model from pushing logits ever larger. 0 is off."""
+    zero_init_proj: bool = False
+    """Start the residual projections (attention's and the MLP's c_proj) at zero, so each block begins as the
+    identity and the first steps shape the embeddings and output layer first."""
+
     def __post_init__(self) -> None:
         problems = config_problems(self)
         if problems:
@@ -121,6 +130,9 @@ def config_problems(config: GPTConfig) -> list[str]:
     mlp_hidden = getattr(config, "mlp_hidden", None)
     if mlp_hidden is not None and (not isinstance(mlp_hidden, int) or mlp_hidden <= 0):
         problems.append(f"mlp_hidden must be a positive integer (or empty), got {mlp_hidden!r}")
+    softcap = getattr(config, "logit_softcap", 0.0)
+    if not isinstance(softcap, (int, float)) or softcap < 0:
+        problems.append(f"logit_softcap must be a number >= 0 (0 is off), got {softcap!r}")
     rope_base = getattr(config, "rope_base", 10000.0)
     if not isinstance(rope_base, (int, float)) or not rope_base > 1:
         problems.append(f"rope_base must be a number above 1, got {rope_base!r}")
@@ -263,7 +275,7 @@ class MLP(nn.Module):
         # swiglu: one matmul gives both the gate and the value half (silu(x W) * (x V)).
         width = 2 * hidden if config.mlp == "swiglu" else hidden
         self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
-        self.act = {"gelu": nn.GELU(), "relu": nn.ReLU(), "swiglu": SwiGLU()}[config.mlp]
+        self.act = {"gelu": nn.GELU(), "relu": nn.ReLU(), "relu2": ReLUSquared(), "swiglu": SwiGLU()}[config.mlp]
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias) if config.projections else None
         self.dropout = nn.Dropout(config.dropout)
 
@@ -272,6 +284,11 @@ class MLP(nn.Module):
         if self.c_proj is not None:
             x = self.c_proj(x)
         return self.dropout(x)
+
+
+class ReLUSquared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
 
 
 class SwiGLU(nn.Module):
@@ -350,7 +367,10 @@ class GPT(nn.Module):
         self.apply(functools.partial(self._init_weights, std=std))
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=proj_std)
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+                else:
+                    torch.nn.init.normal_(p, mean=0.0, std=proj_std)
 
     @staticmethod
     def _init_weights(module: nn.Module, std: float) -> None:
@@ -378,8 +398,12 @@ class GPT(nn.Module):
         else:
             x = self._hidden(idx, start, input_pos)  # (B, T, n_embd)
             if targets is not None and self.loss_chunk_size > 0:
+                if self.config.logit_softcap:
+                    raise ValueError("loss_chunk_size does not soft-cap the logits: turn one of them off")
                 return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk_size)
             logits = self.lm_head(x)  # (B, T, vocab_size)
+            if cap := self.config.logit_softcap:
+                logits = cap * torch.tanh(logits / cap)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

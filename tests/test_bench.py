@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,27 @@ def test_bench_rotary_cache_reads_each_token_once_with_the_ring():
     assert read["cache, window sliding"] == 150 + 6 * (48 - 1), r.stdout
     assert read["no cache"] > 60 * 100, r.stdout
     assert re.search(r"the ring over the slide: \*\*[\d.]+x\*\*", r.stdout), r.stdout
+
+
+def test_time_to_loss_reports_the_first_exact_validation_under_the_target(tmp_path, corpus):
+    import time_to_loss
+
+    config = str(ROOT / "configs" / "shakespeare_char_cpu.yaml")
+    common = shlex.join([*TINY, "--data.source", str(corpus), "--trainer.max_steps", "40"])
+    doc = tmp_path / "speedrun.md"
+    doc.write_text("# Speedrun\n\nhand-written text that stays\n")
+    runs = time_to_loss.main([
+        "--target", "3.6", "--eval_every", "20", "--log_every", "10", "--arm", "adamw", f"--config {config}",
+        "--arm", "muon", f"--config {config} --model.optimizer muon", "--common", common, "--write",
+        "--doc", str(doc), "--section", "Tiny",
+    ])  # fmt: skip
+    assert [r.arm for r in runs] == ["adamw", "muon"]
+    for r in runs:
+        assert [s for s, _ in r.val] == [20, 40]  # numbered as the steps they followed, every token of the split
+        first = next((s for s, v in r.val if v <= 3.6), None)
+        assert r.reached.get("steps") == first
+        if first:
+            assert r.reached["tokens"] == first * 8 * 32 and 0 < r.reached["seconds"] < r.wall_s
+    text = doc.read_text()
+    assert "hand-written text that stays" in text and "## Tiny" in text
+    assert "| adamw |" in text and "| muon |" in text and (tmp_path / "speedrun_tiny.png").stat().st_size > 10_000

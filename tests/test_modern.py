@@ -162,3 +162,30 @@ def test_modern_block_trains_checkpoints_and_generates(tmp_path, corpus):
     assert bad.returncode == 2, bad.stderr[-2000:]
     last = bad.stderr.strip().splitlines()[-1]
     assert "position is rotary in the checkpoint but learned here" in last and "Traceback" not in bad.stderr
+
+
+def test_speedrun_options_relu2_softcap_and_zero_init():
+    model = tiny(mlp="relu2", logit_softcap=3.0, zero_init_proj=True)
+    x = torch.randn(4, 7, 32)
+    mlp = model.transformer.h[0].mlp
+    torch.testing.assert_close(mlp.act(x), torch.relu(x) ** 2)
+    for block in model.transformer.h:  # each block starts as the identity
+        assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+    idx = torch.randint(0, 50, (2, 16))
+    h = torch.randn(2, 16, 32)
+    block = model.transformer.h[0]
+    torch.testing.assert_close(block(h), h)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1000.0)  # huge raw logits: the cap holds them inside (-3, 3)
+    logits, _ = model(idx)
+    assert logits.abs().max() <= 3.0 and logits.abs().max() > 2.5
+    with pytest.raises(ValueError, match="logit_softcap must be a number >= 0"):
+        GPTConfig(logit_softcap=-1.0)
+
+
+def test_the_chunked_loss_and_soft_capping_are_refused_together():
+    from lit_gpt.errors import LitGPTError
+    from lit_gpt.lightning_module import LitGPT
+
+    with pytest.raises(LitGPTError, match="loss_chunk_size does not soft-cap"):
+        LitGPT(GPTConfig(logit_softcap=15.0), loss_chunk_size=64)

@@ -228,3 +228,23 @@ def test_killed_mid_save_keeps_the_previous_checkpoint(corpus, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 12
     assert not partial.exists()
+
+
+MUON = ["--model.optimizer", "muon", "--model.lr_schedule", "wsd"]
+
+
+def test_a_muon_run_resumes_bit_for_bit_and_refuses_another_optimizer(corpus, tmp_path):
+    """Both optimizers' state (Muon's momentum, AdamW's moments) and the WSD schedule travel in the checkpoint."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    whole.mkdir(), part.mkdir()
+    r = run_cli(*fit_args(corpus, 2 * N, *MUON), cwd=whole, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = run_cli(*fit_args(corpus, N, *MUON), cwd=part, env=ONE_THREAD)
+    assert first.returncode == 0, first.stderr[-3000:]
+    wrong = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=part, env=ONE_THREAD)  # AdamW
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    line = wrong.stderr.strip().splitlines()[-1]
+    assert "trained with --model.optimizer muon" in line and "--model.init_from" in line, line
+    resumed = run_cli(*fit_args(corpus, 2 * N, *MUON, "--ckpt_path", "last"), cwd=part, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(run_dir(part)) == curves(run_dir(whole))

@@ -22,7 +22,9 @@ from lit_gpt.tokenizer_spec import tokenizer_from_dict
 CHECKPOINT_KEY = "lit_gpt"  # our plain-data section of a Lightning checkpoint
 SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")  # what weights must agree on
 # The block's layout (lecture steps, modern block): checked on load, with the defaults filling older checkpoints.
-BLOCK_FIELDS = ("bigram", "projections", "norm", "mlp", "mlp_hidden", "tie_weights", "position", "qk_norm")
+BLOCK_FIELDS = (
+    "bigram", "projections", "norm", "mlp", "mlp_hidden", "tie_weights", "position", "qk_norm", "logit_softcap",
+)  # fmt: skip
 
 
 def section(config: GPTConfig, tokenizer: Tokenizer | None) -> dict[str, Any]:
