@@ -42,7 +42,9 @@ def attention_kernel(kernel: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel(getattr(SDPBackend, _BACKENDS[kernel]))
 
 
-FLOAT32_ATTENTION_UP_TO = 256  # the longest context at which a CPU attends faster in float32 than in bf16 (see above)
+# A setting, not a measurement: up to this context a CPU attends in float32 under bf16 training. The timings behind it
+# live in docs/benchmarks.md ("bf16 attention on a CPU"), because they change with the CPU and the PyTorch version.
+FLOAT32_ATTENTION_UP_TO = 256
 
 
 def float32_attention_wanted(device: torch.device | str, block_size: int) -> bool:

@@ -24,7 +24,9 @@ from torch import nn
 
 CpuMatmul = Literal["auto", "onednn", "aten"]
 CHOICES: tuple[str, ...] = get_args(CpuMatmul)
-MIN_MACS = 1 << 20  # below ~1M multiply-adds oneDNN's per-call setup costs more than MKL's slower kernel loses
+# A setting: smaller matmuls (a token's decode step) stay in ATen, where oneDNN's per-call set-up would cost more than
+# its faster kernel saves. Figures: docs/speed.md and docs/benchmarks.md, which say on which CPU they were measured.
+MIN_MACS = 1 << 20
 
 
 @cache

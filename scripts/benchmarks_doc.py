@@ -18,15 +18,25 @@ runs interleaved in one process.
 """
 
 
-def write_section(name: str, date: str, machine: str, command: str, lines: list[str]) -> None:
-    """Replace (or append) the section called ``name``."""
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else HEADER
+def write_section(
+    name: str,
+    date: str,
+    machine: str,
+    command: str,
+    lines: list[str],
+    doc: Path | None = None,
+    header: str | None = None,
+) -> None:
+    """Replace (or append) the section called ``name`` of ``doc`` (started with ``header`` when it is new)."""
+    doc = doc or DOC  # looked up at call time, so a test can point DOC elsewhere
+    header = header or HEADER
+    text = doc.read_text(encoding="utf-8") if doc.exists() else header
     body = "\n".join([f"## {name}", "", f"{date} · {machine}", "", f"`{command}`", "", *lines])
     block = f"<!-- BEGIN {name} -->\n{body}\n<!-- END {name} -->"
     pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text, encoding="utf-8")
 
 
 def cpu_name() -> str:

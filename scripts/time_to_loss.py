@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_cpu_run import tensorboard_scalars  # noqa: E402
-from benchmarks_doc import machine  # noqa: E402
+from benchmarks_doc import machine, write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "speedrun.md"
-MARK = "time_to_loss.py"
+HEADER = "# Fastest to a given loss\n"
 
 
 @dataclass
@@ -153,16 +153,6 @@ def plot(runs: list[Run], arms: list[str], target: float, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_doc(body: list[str], doc: Path, section: str) -> None:
-    """Replace (or append) this section's generated block, leaving the rest of the file as it is."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Fastest to a given loss\n"
-    mark = f"{MARK}: {section}"
-    block = f"<!-- BEGIN {mark} -->\n" + "\n".join(body) + f"\n<!-- END {mark} -->"
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(mark)} -->.*?<!-- END {re.escape(mark)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> list[Run]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", nargs=2, action="append", metavar=("NAME", "ARGS"), required=True,
@@ -199,13 +189,12 @@ def main(argv: list[str] | None = None) -> list[Run]:
         command = "python scripts/time_to_loss.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         arms_text = [f"- {name}: `{(a + ' ' + args.common).strip()}`" for name, a in args.arm]
         body = [
-            f"## {args.section}", "", f"{datetime.date.today()} · {machine()}", "", f"`{command}`", "",
             f"Exact validation (the whole split) every {args.eval_every} steps; seeds {args.seeds}; mean ± stdev "
             "over the seeds that reached the target. Training seconds exclude validation, compile and warm-up "
             "(stated apart); process seconds are the whole command.", "", *arms_text, "", *lines, "",
             f"![val loss against training time and tokens]({png.name})",
         ]  # fmt: skip
-        write_doc(body, args.doc, args.section)
+        write_section(args.section, str(datetime.date.today()), machine(), command, body, args.doc, HEADER)
     return runs
 
 
