@@ -7,7 +7,8 @@ not against a figure measured on another machine.
     python scripts/bench_train.py --config configs/shakespeare_char_cpu.yaml --steps 200 [--write]
 
 ``--write`` replaces this script's section of docs/benchmarks.md. Extra arguments go to ``lit-gpt fit``
-(e.g. ``--trainer.precision bf16-mixed``).
+(e.g. ``--trainer.precision bf16-mixed``). The plain loop steps AdamW whatever the config's optimizer, so with
+``--model.optimizer muon`` the Trainer/plain ratio measures Muon's step cost against AdamW's in one run.
 """
 
 from __future__ import annotations
@@ -193,6 +194,11 @@ def measure(config: str, steps: int, rounds: int, extra: list[str]) -> tuple[lis
         f"- Trainer / plain loop step time: **{lit_ms / plain_ms:.3f}x** "
         f"({(lit_ms / plain_ms - 1) * 100:+.1f}% overhead)",
     ]
+    if cli.model.hparams.get("optimizer", "adamw") == "muon":  # the plain loop always steps AdamW
+        lines.append(
+            "- the Trainer steps Muon and the plain loop AdamW: the ratio above is Muon's step cost over AdamW's "
+            "times the Trainer's overhead (the same config's AdamW run gives that)"
+        )
     if eager_times:
         eager_ms = statistics.median(eager_times) * 1e3
         lines += [

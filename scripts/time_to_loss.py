@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> list[Run]:
     parser.add_argument("--arm", nargs=2, action="append", metavar=("NAME", "ARGS"), required=True,
                         help="a name and the `lit-gpt fit` arguments of one arm, quoted")  # fmt: skip
     parser.add_argument("--common", default="", help="arguments added to every arm (the data source, say)")
-    parser.add_argument("--target", type=float, required=True, help="the val loss to reach")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help="the val loss to reach, or an arm's name: that arm's final val loss (mean of seeds)",
+    )
     parser.add_argument("--eval_every", type=int, default=100, help="steps between exact validations")
     parser.add_argument("--log_every", type=int, default=10, help="steps between train/time readings")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337])
@@ -171,24 +175,38 @@ def main(argv: list[str] | None = None) -> list[Run]:
     arms = [name for name, _ in args.arm]
     if len(set(arms)) != len(arms):
         parser.error("every --arm needs its own name")
+    try:
+        target: float | str = float(args.target)
+    except ValueError:
+        target = args.target
+        if target not in arms:
+            parser.error(f"--target must be a loss or one of the arms ({', '.join(arms)}), got {target!r}")
     runs = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
             for name, arm_args in args.arm:
                 cmd = shlex.split(arm_args) + shlex.split(args.common)
                 run = run_arm(name, cmd, seed, args.eval_every, args.log_every, Path(workdir))
-                run.reached = first_reach(run, args.target)
-                print(f"{name} seed {seed}: {run.reached or 'target not reached'}", flush=True)
+                print(f"{name} seed {seed}: final val {run.val[-1][1]:.4f} at step {run.val[-1][0]}", flush=True)
                 runs.append(run)
-    lines = table(runs, arms, args.target)
+    target_text = f"val loss {target}"
+    if isinstance(target, str):  # the reference arm's final exact val loss, averaged over its seeds
+        ref = [r for r in runs if r.arm == target]
+        target = round(statistics.mean(r.val[-1][1] for r in ref), 4)
+        target_text = f"{args.target}'s final val loss (step {ref[0].val[-1][0]}, mean of its seeds), {target}"
+    print(f"target: {target_text}")
+    for run in runs:
+        run.reached = first_reach(run, target)
+    lines = table(runs, arms, target)
     print("\n".join(lines))
     if args.write:
         slug = re.sub(r"[^a-z0-9]+", "_", args.section.lower()).strip("_")
         png = args.doc.with_name(f"{args.doc.stem}_{slug}.png")
-        plot(runs, arms, args.target, png)
+        plot(runs, arms, target, png)
         command = "python scripts/time_to_loss.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         arms_text = [f"- {name}: `{(a + ' ' + args.common).strip()}`" for name, a in args.arm]
         body = [
+            f"Target: {target_text}.",
             f"Exact validation (the whole split) every {args.eval_every} steps; seeds {args.seeds}; mean ± stdev "
             "over the seeds that reached the target. Training seconds exclude validation, compile and warm-up "
             "(stated apart); process seconds are the whole command.", "", *arms_text, "", *lines, "",

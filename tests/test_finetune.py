@@ -116,16 +116,17 @@ def _ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_finetune_starts_at_step_0_with_the_checkpoint_tokenizer_and_frozen_layers_stay(pretrained):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_finetune_starts_at_step_0_with_the_checkpoint_tokenizer_and_frozen_layers_stay(pretrained, optimizer):
     cwd, ckpt = pretrained
     r = run_cli(
         "fit", *TINY, *QUIET, "--data.source", "shakespeare:hamlet", "--model.init_from", str(ckpt),
         "--model.freeze_embeddings", "true", "--model.freeze_layers", "1", "--model.config.dropout", "0.1",
         "--model.learning_rate", "3e-3", "--trainer.max_steps", "8", "--trainer.val_check_interval", "8",
-        "--trainer.logger.init_args.name", "ft", cwd=cwd,
+        "--model.optimizer", optimizer, "--trainer.logger.init_args.name", f"ft-{optimizer}", cwd=cwd,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    before, after = _ckpt(ckpt), _ckpt(next((cwd / "runs" / "ft").rglob("last.ckpt")))
+    before, after = _ckpt(ckpt), _ckpt(next((cwd / "runs" / f"ft-{optimizer}").rglob("last.ckpt")))
     assert after["global_step"] == 8  # weights only: a new run, not a resume at step 12
     assert after["lit_gpt"]["tokenizer"] == before["lit_gpt"]["tokenizer"]  # not rebuilt from Hamlet's characters
     assert after["lit_gpt"]["model_config"]["dropout"] == 0.1

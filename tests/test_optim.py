@@ -1,8 +1,12 @@
 """Muon beside AdamW, and the WSD schedule: which tensors each optimizer trains, what a bad option says, and that
 the schedule has the shape a user asked for."""
 
+import math
+
 import pytest
 import torch
+from conftest import TINY, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gpt.errors import LitGPTError
 from lit_gpt.lightning_module import LitGPT
@@ -79,3 +83,25 @@ def test_wsd_warms_up_holds_then_cools_down_linearly_to_min_lr():
     assert lr[0] < lr[9] < 1.0 and lr[10:80] == [1.0] * 70
     assert lr[80] == 1.0 and lr[90] == pytest.approx(0.55) and lr[100:] == [0.1] * 10
     assert all(a >= b for a, b in zip(lr[80:], lr[81:], strict=False))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--trainer.precision", "bf16-mixed"], ["--model.compile", "true"]],
+    ids=["bf16-mixed", "compile"],
+)
+def test_muon_trains_under_bf16_mixed_and_compile(tmp_path, corpus, extra):
+    steps = 30
+    r = run_cli(
+        "fit", *TINY, "--data.source", str(corpus), "--model.optimizer", "muon", "--trainer.max_steps", str(steps),
+        "--trainer.val_check_interval", str(steps), "--trainer.log_every_n_steps", "1", "--sample.max_new_tokens",
+        "0", "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.name", "muon", *extra,
+        cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (r.stdout + r.stderr).count("optimizer: Muon on the blocks' matrices") == 1  # the split, printed once
+    acc = EventAccumulator(str(tmp_path / "runs" / "muon" / "version_0"), size_guidance={"scalars": 0})
+    acc.Reload()
+    curve = [e.value for e in acc.Scalars("train/loss")]
+    assert len(curve) == steps and all(math.isfinite(v) for v in curve)
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.3
