@@ -189,3 +189,34 @@ def test_the_chunked_loss_and_soft_capping_are_refused_together():
 
     with pytest.raises(LitGPTError, match="loss_chunk_size does not soft-cap"):
         LitGPT(GPTConfig(logit_softcap=15.0), loss_chunk_size=64)
+
+
+def test_the_cpu_speedrun_recipe_trains_with_every_choice_it_names(tmp_path, corpus):
+    r = run_cli(
+        "fit", "--config", str(ROOT / "configs" / "speedrun_cpu.yaml"), *TINY, "--data.source", str(corpus),
+        "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "5",
+        "--model.warmup_steps", "5", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    recipe = yaml.safe_load((ROOT / "configs" / "speedrun_cpu.yaml").read_text())
+    run = tmp_path / "runs" / "speedrun_cpu" / "version_0"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    saved, hp = ckpt["lit_gpt"]["model_config"], ckpt["hyper_parameters"]
+    for key in ("position", "norm", "mlp", "qk_norm", "tie_weights", "logit_softcap", "zero_init_proj"):
+        assert saved[key] == recipe["model"]["config"][key], key
+    assert (hp["optimizer"], hp["lr_schedule"]) == (recipe["model"]["optimizer"], recipe["model"]["lr_schedule"])
+    from test_train import scalars
+
+    logged = scalars(run)
+    losses = [v for _, v in logged["train/loss"]]
+    assert losses[-1] < losses[0] - 0.5 and "val/bpb" in logged
+
+
+def test_the_gpt2_speedrun_config_resolves_for_one_to_32_gpus(tmp_path):
+    from lit_gpt.global_batch import accumulation_steps
+
+    r = run_cli("fit", "--config", str(ROOT / "configs" / "speedrun_gpt2.yaml"), "--print_config", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for line in ("optimizer: muon", "lr_schedule: wsd", "n_embd: 768", "tokens: 524288", "val_batches: 0"):
+        assert line in r.stdout, line
+    assert [accumulation_steps(524_288, 16, 1024, gpus) for gpus in (1, 8, 32)] == [32, 4, 1]
