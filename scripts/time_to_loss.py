@@ -107,7 +107,7 @@ def mean_text(values: list[float], fmt: str, unit: str = "") -> str:
 
 def table(runs: list[Run], arms: list[str], target: float) -> list[str]:
     lines = [
-        f"| arm | seeds at val <= {target} | steps | tokens | training s | best val (step) | compile/warm-up s | "
+        f"| arm | seeds at val <= {target:.4f} | steps | tokens | training s | best val (step) | compile/warm-up s | "
         "process s |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> list[Run]:
     target_text = f"val loss {target}"
     if isinstance(target, str):  # the reference arm's final exact val loss, averaged over its seeds
         ref = [r for r in runs if r.arm == target]
-        target = round(statistics.mean(r.val[-1][1] for r in ref), 4)
-        target_text = f"{args.target}'s final val loss (step {ref[0].val[-1][0]}, mean of its seeds), {target}"
+        target = statistics.mean(r.val[-1][1] for r in ref)  # unrounded: the arm itself must reach it
+        target_text = f"{args.target}'s final val loss (step {ref[0].val[-1][0]}, mean of its seeds), {target:.4f}"
     print(f"target: {target_text}")
     for run in runs:
         run.reached = first_reach(run, target)

@@ -174,17 +174,19 @@ def test_time_to_loss_reports_the_first_exact_validation_under_the_target(tmp_pa
     doc = tmp_path / "speedrun.md"
     doc.write_text("# Speedrun\n\nhand-written text that stays\n")
     runs = time_to_loss.main([
-        "--target", "3.6", "--eval_every", "20", "--log_every", "10", "--arm", "adamw", f"--config {config}",
+        "--target", "adamw", "--eval_every", "20", "--log_every", "10", "--arm", "adamw", f"--config {config}",
         "--arm", "muon", f"--config {config} --model.optimizer muon", "--common", common, "--write",
         "--doc", str(doc), "--section", "Tiny",
     ])  # fmt: skip
     assert [r.arm for r in runs] == ["adamw", "muon"]
+    target = runs[0].val[-1][1]  # --target adamw: where the adamw arm (one seed) ends
+    assert runs[0].reached["steps"] <= 40
     for r in runs:
         assert [s for s, _ in r.val] == [20, 40]  # numbered as the steps they followed, every token of the split
-        first = next((s for s, v in r.val if v <= 3.6), None)
+        first = next((s for s, v in r.val if v <= target), None)
         assert r.reached.get("steps") == first
         if first:
             assert r.reached["tokens"] == first * 8 * 32 and 0 < r.reached["seconds"] < r.wall_s
     text = doc.read_text()
-    assert "hand-written text that stays" in text and "## Tiny" in text
+    assert "hand-written text that stays" in text and "## Tiny" in text and "adamw's final val loss" in text
     assert "| adamw |" in text and "| muon |" in text and (tmp_path / "speedrun_tiny.png").stat().st_size > 10_000
