@@ -144,7 +144,7 @@ class StreamDecoder:
 
     Each push decodes only the ids not printed yet, after the ids of the last piece printed as context for decoders
     whose output depends on the previous token (a leading space, say): a constant cost per token, where decoding
-    everything so far made a 12,000-token sample spend 160 us a token here."""
+    everything so far grows with the sample's length (figures in docs/benchmarks.md)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer, self.ids = tokenizer, []

@@ -22,6 +22,15 @@ def tiny(**kw) -> GPT:
     return GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, **kw)).eval()
 
 
+def fit_config(config: str, tmp_path, corpus, *extra: str):
+    """40 steps of ``configs/<config>.yaml`` at TINY's size on ``corpus``, validated at steps 20 and 40."""
+    return run_cli(
+        "fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), *TINY, "--data.source", str(corpus),
+        "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "5",
+        *extra, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
 def scores(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     cos, sin = rotary_angles(positions, q.size(-1))
     return apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-2, -1)  # (B, nh, T, T)
@@ -129,11 +138,7 @@ def test_a_bad_block_option_on_the_command_line_is_one_line(tmp_path):
 
 
 def test_modern_block_trains_checkpoints_and_generates(tmp_path, corpus):
-    r = run_cli(
-        "fit", "--config", str(ROOT / "configs" / "modern_cpu.yaml"), *TINY, "--data.source", str(corpus),
-        "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "5",
-        "--model.config.qk_norm", "true", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    r = fit_config("modern_cpu", tmp_path, corpus, "--model.config.qk_norm", "true")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "runs" / "modern_cpu" / "version_0"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -192,11 +197,7 @@ def test_the_chunked_loss_and_soft_capping_are_refused_together():
 
 
 def test_the_cpu_speedrun_recipe_trains_with_every_choice_it_names(tmp_path, corpus):
-    r = run_cli(
-        "fit", "--config", str(ROOT / "configs" / "speedrun_cpu.yaml"), *TINY, "--data.source", str(corpus),
-        "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "5",
-        "--model.warmup_steps", "5", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    r = fit_config("speedrun_cpu", tmp_path, corpus, "--model.warmup_steps", "5")
     assert r.returncode == 0, r.stderr[-3000:]
     recipe = yaml.safe_load((ROOT / "configs" / "speedrun_cpu.yaml").read_text())
     run = tmp_path / "runs" / "speedrun_cpu" / "version_0"
