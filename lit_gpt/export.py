@@ -17,17 +17,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 
+from lit_gpt import nanogpt
 from lit_gpt.errors import LitGPTError
 from lit_gpt.init_from import CONV1D, LIT_META, check_weights, load_pretrained
 from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
 
-ExportFormat = Literal["hf", "safetensors"]
+ExportFormat = Literal["hf", "safetensors", "nanogpt"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
@@ -94,24 +96,28 @@ def hf_config(config: GPTConfig, eot_id: int | None) -> dict:
     }
 
 
-def export(*, checkpoint: str, out: str, format: ExportFormat = "hf") -> None:
-    """Write a checkpoint's weights as safetensors: for Hugging Face transformers (hf) or lit-gpt (safetensors).
+def export(*, checkpoint: str, out: str, format: ExportFormat = "hf", meta: str | None = None) -> None:
+    """Write a checkpoint's weights for Hugging Face transformers (hf), lit-gpt (safetensors) or nanoGPT (nanogpt).
 
     Args:
         checkpoint: A lit-gpt .ckpt, a run folder (its newest last.ckpt), a sharded checkpoint folder or an
             exported folder.
         out: The folder to write (created; an existing one is replaced only if it holds an earlier export).
         format: 'hf': config.json + model.safetensors for transformers' GPT2LMHeadModel (GPT-2's block only);
-            'safetensors': lit-gpt's parameter names, for any architecture.
+            'safetensors': lit-gpt's parameter names, for any architecture; 'nanogpt': ckpt.pt (and meta.pkl for a
+            char model) that nanoGPT's sample.py --init_from=resume --out_dir=OUT samples from (GPT-2's block with
+            exact GELU and a tied output layer; a char or GPT-2 tokenizer).
+        meta: A nanoGPT checkpoint's meta.pkl, when it is not where lit-gpt looks (see generate --help).
     """
     from safetensors.torch import save_file
 
     if format not in FORMATS:
         raise LitGPTError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     target = Path(out).expanduser()
-    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / LIT_META).is_file()):
+    earlier = target.is_dir() and ((target / LIT_META).is_file() or _is_nanogpt_export(target))
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not earlier):
         raise LitGPTError(f"--out {out!r} exists and is not an earlier export: give a new folder")
-    pre = load_pretrained(checkpoint, flag="--checkpoint")
+    pre = load_pretrained(checkpoint, flag="--checkpoint", meta=meta)
     config, tokenizer = pre.config, pre.tokenizer
     state = {**pre.state}
     with torch.device("meta"):  # the names and shapes only: no memory for a second copy of the weights
@@ -119,6 +125,16 @@ def export(*, checkpoint: str, out: str, format: ExportFormat = "hf") -> None:
     if config.tie_weights and "lm_head.weight" in expected:
         expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}  # the weights hold it once, as wte
     check_weights(pre, state, expected)  # an incomplete folder is refused here, not written out again
+    if format == "nanogpt":
+        problems = nanogpt.nanogpt_problems(config) + [p for p in [nanogpt.tokenizer_problem(tokenizer)] if p]
+        if problems:
+            raise LitGPTError(
+                "nanoGPT's model.py cannot hold this model (" + "; ".join(problems) + "): export it with --format "
+                "safetensors or hf"
+            )
+        _write_folder(target, lambda tmp: nanogpt.write(tmp, state, config, tokenizer, target))
+        print(f"wrote {target} (nanogpt: ckpt.pt{' and meta.pkl' if (target / 'meta.pkl').is_file() else ''})")
+        return
     if format == "hf":
         problems = hf_problems(config)
         if problems:
@@ -151,3 +167,25 @@ def export(*, checkpoint: str, out: str, format: ExportFormat = "hf") -> None:
         raise
     n = sum(v.numel() for v in pre.state.values())
     print(f"wrote {target} ({format}: {n:,} weights, {config.n_layer} layers, vocab {config.vocab_size})")
+
+
+def _is_nanogpt_export(folder: Path) -> bool:
+    """A folder that an earlier ``--format nanogpt`` wrote: ckpt.pt, and meta.pkl for a char model."""
+    names = {f.name for f in folder.iterdir()}
+    return "ckpt.pt" in names and names <= {"ckpt.pt", "meta.pkl"}
+
+
+def _write_folder(target: Path, fill: Callable[[Path], None]) -> None:
+    """Build a folder under a temporary name with ``fill`` and rename it to ``target`` (replacing an earlier
+    export): a reader, or a kill, never sees half an export."""
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

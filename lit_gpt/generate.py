@@ -207,14 +207,15 @@ def generate(
     compile: bool = False,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     cpu_matmul: CpuMatmul = "auto",
+    meta: str | None = None,
 ) -> None:
     """``lit-gpt generate``: sample text from a trained checkpoint or a pretrained model and stream it to the
     terminal.
 
     Args:
         checkpoint: A .ckpt file or a run folder (its newest last.ckpt is used), a folder written by lit-gpt export,
-            a Hugging Face GPT-2 folder, or a Hub name: gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:OWNER/REPO
-            (downloaded once into the Hugging Face cache).
+            a Hugging Face GPT-2 folder, a Hub name: gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:OWNER/REPO
+            (downloaded once into the Hugging Face cache), or a nanoGPT ckpt.pt or out_dir.
         prompt: Text to continue; '\\n' in it stands for a newline. Cropped to the last block_size tokens.
         prompt_file: A UTF-8 text file whose whole content is the prompt, read as it is (nanoGPT's
             start='FILE:...'); instead of prompt.
@@ -238,6 +239,8 @@ def generate(
         cpu_matmul: Library for float32 matmuls on a CPU, as for training (--model.cpu_matmul): auto, onednn or
             aten. Only matmuls of at least ~1M multiply-adds use oneDNN (the prompt, a large vocabulary's output
             layer); a token's small ones stay with aten.
+        meta: A nanoGPT checkpoint's meta.pkl (its char vocabulary), when it is neither beside ckpt.pt nor in
+            data/DATASET/ of the checkpoint's folder, its parents or the working directory.
     """
     problems = []
     if max_new_tokens < 0:
@@ -269,7 +272,7 @@ def generate(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     reuse_freed_memory()  # as for training: each token's activations are malloc'd and freed
-    model, tokenizer = load_for_sampling(checkpoint, device)
+    model, tokenizer = load_for_sampling(checkpoint, device, meta)
     model.to(getattr(torch, dtype))
     if onednn_wanted(cpu_matmul, device):
         use_onednn_linears(model)

@@ -7,7 +7,9 @@ PATH may be
 - a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``), e.g. a download
   of gpt2 or gpt2-medium. Its Conv1D weights are transposed into ``nn.Linear`` layout, as nanoGPT's
   ``from_pretrained`` does;
-- a Hub name, ``gpt2`` ... ``gpt2-xl`` or ``hf:OWNER/REPO``, downloaded once into the Hub's cache (``lit_gpt.hub``).
+- a Hub name, ``gpt2`` ... ``gpt2-xl`` or ``hf:OWNER/REPO``, downloaded once into the Hub's cache (``lit_gpt.hub``);
+- a nanoGPT ``ckpt.pt`` or its ``out_dir``, with the char vocabulary of its data's ``meta.pkl`` or GPT-2's BPE
+  (``lit_gpt.nanogpt``).
 
 The weights bring their architecture and their tokenizer: the model's shape comes from PATH (``model.config`` only
 picks ``block_size`` (at most PATH's), ``dropout``, and a larger ``vocab_size`` to pad to, e.g. GPT-2's 50,257 to
@@ -29,9 +31,10 @@ from typing import Any
 
 import torch
 
+from lit_gpt import nanogpt
 from lit_gpt.bpe import HFTokenizer
 from lit_gpt.checkpoints.format import plain_state_dict, read_section
-from lit_gpt.checkpoints.read import load_model, load_raw
+from lit_gpt.checkpoints.read import load_raw, resolve_checkpoint
 from lit_gpt.errors import LitGPTError, first_line
 from lit_gpt.hub import hub_repo, resolve
 from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
@@ -44,7 +47,7 @@ FROM_CONFIG = ("vocab_size", "block_size", "dropout")  # what model.config still
 # What --model.init_from (and export's or generate's --checkpoint) takes, for the "does not exist" messages.
 WHAT_LOADS = (
     "a .ckpt or run folder, an exported folder, a GPT-2 folder or a Hub name (gpt2, gpt2-medium, gpt2-large, "
-    "gpt2-xl, hf:OWNER/REPO)"
+    "gpt2-xl, hf:OWNER/REPO) or a nanoGPT ckpt.pt"
 )
 
 
@@ -59,29 +62,34 @@ class Pretrained:
     origin: str
 
 
-def load_pretrained(path: str | Path, flag: str = "--model.init_from") -> Pretrained:
+def load_pretrained(path: str | Path, flag: str = "--model.init_from", meta: str | None = None) -> Pretrained:
     """Read any supported PATH or Hub name (see the module docstring); ``flag`` is the option that gave it, for the
-    error messages."""
+    error messages; ``meta`` is a nanoGPT checkpoint's meta.pkl, when it is not where ``lit_gpt.nanogpt`` looks."""
     p = resolve(str(path))
     if not p.exists():
         raise LitGPTError(f"{flag} {str(path)!r} does not exist: give {WHAT_LOADS}")
     stamp = max((f.stat().st_mtime_ns for f in ([p] if p.is_file() else p.iterdir())), default=0)
-    pre = _load_cached(str(p.resolve()), stamp)
+    pre = _load_cached(str(p.resolve()), stamp, meta)
     return replace(pre, origin=f"{path} (Hugging Face Hub)") if hub_repo(str(path)) else pre
 
 
 @functools.lru_cache(maxsize=1)  # the CLI reads the tokenizer, then the model its weights: one read
-def _load_cached(path: str, stamp: int) -> Pretrained:
+def _load_cached(path: str, stamp: int, meta: str | None) -> Pretrained:
     p = Path(path)
     if p.is_dir() and (p / LIT_META).is_file():
         return _read_export(p)
     if p.is_dir() and (p / "config.json").is_file():
         return _read_hf(p)
-    return _read_checkpoint(p)
+    return _read_checkpoint(p, meta)
 
 
-def _read_checkpoint(path: Path) -> Pretrained:
+def _read_checkpoint(path: Path, meta: str | None = None) -> Pretrained:
     ckpt = load_raw(path)
+    if nanogpt.is_nanogpt(ckpt):
+        file = resolve_checkpoint(path)
+        config = nanogpt.config_from(ckpt, str(file))
+        tokenizer = nanogpt.tokenizer_for(file, ckpt, config.vocab_size, meta)
+        return Pretrained(_output_layer(nanogpt.state_from(ckpt), config), config, tokenizer, f"nanoGPT {file}")
     saved = read_section(
         ckpt,
         repr(str(path)),
@@ -379,17 +387,16 @@ def prepare_init_from(config: Any) -> None:
     data.tokenizer = data_tokenizer(model.init_from, data.tokenizer, data.cache_dir)
 
 
-def load_for_sampling(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """The model (in eval mode) and tokenizer to sample from: a lit-gpt checkpoint or run folder, or any pretrained
-    model ``--model.init_from`` takes (a ``lit-gpt export`` folder, a Hugging Face GPT-2 folder, a Hub name)."""
-    p = Path(path).expanduser()
-    if hub_repo(str(path)) or (p.is_dir() and ((p / LIT_META).is_file() or (p / "config.json").is_file())):
-        pre = load_pretrained(path)
-        if pre.tokenizer is None:
-            raise LitGPTError(
-                f"{pre.origin} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): it cannot turn "
-                "generated ids into text"
-            )
-        return build_model(pre, pre.config).to(device).eval(), pre.tokenizer
-    model, tokenizer, _ = load_model(path, device)
-    return model, tokenizer
+def load_for_sampling(
+    path: str | Path, device: str | torch.device = "cpu", meta: str | None = None
+) -> tuple[GPT, Tokenizer]:
+    """The model (in eval mode) and tokenizer to sample from: anything ``--model.init_from`` takes (a lit-gpt
+    checkpoint or run folder, a ``lit-gpt export`` folder, a Hugging Face GPT-2 folder, a Hub name, a nanoGPT
+    ``ckpt.pt``, whose ``meta.pkl`` ``meta`` may name)."""
+    pre = load_pretrained(path, flag="--checkpoint", meta=meta)
+    if pre.tokenizer is None:
+        raise LitGPTError(
+            f"{pre.origin} has no tokenizer (for a GPT-2 folder: tokenizer.json, or vocab.json + merges.txt): it "
+            "cannot turn generated ids into text"
+        )
+    return build_model(pre, pre.config).to(device).eval(), pre.tokenizer

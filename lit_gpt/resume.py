@@ -49,6 +49,7 @@ from lit_gpt.lightning_private import (
     saves_distributed_checkpoint,
     set_logger_version,
 )
+from lit_gpt.nanogpt import is_nanogpt
 from lit_gpt.parallel import FSDP2, FSDP2Strategy
 
 
@@ -333,6 +334,11 @@ def check_ckpt_path(config: Any) -> None:
         raise LitGPTError(single_file_under_fsdp(path))
     # Every shard whole and meta.pt plain data; a file is memory-mapped: no need to read it all.
     ckpt = check_sharded(path) if sharded else torch_load(path, mmap=True)
+    if is_nanogpt(ckpt):
+        raise LitGPTError(
+            f"--ckpt_path {str(path)!r} is a nanoGPT checkpoint, which resumes only in nanoGPT: start from its weights "
+            f"with --model.init_from {path} instead"
+        )
     saved = read_section(ckpt, repr(str(path)))
     shape = config.get("model", {}).get("config") if hasattr(config.get("model", {}), "get") else None
     if shape is None:

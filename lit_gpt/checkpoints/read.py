@@ -17,9 +17,9 @@ from lit_gpt.tokenizer import Tokenizer
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file or sharded checkpoint folder, or the newest ``last.ckpt`` (else newest ``*.ckpt``) under a
-    run folder. A sharded save killed half-way is finished or undone first (its staging folders are never a
-    checkpoint)."""
+    """A checkpoint file or sharded checkpoint folder, or the newest ``last.ckpt`` (else newest ``*.ckpt``, else a
+    nanoGPT out_dir's ``ckpt.pt``) under a run folder. A sharded save killed half-way is finished or undone first
+    (its staging folders are never a checkpoint)."""
     p = Path(path).expanduser()
     if not p.exists():
         recover_interrupted_save(p)
@@ -27,7 +27,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p
     if p.is_dir():
         recover_interrupted_saves(p)
-        for pattern in ("last.ckpt", "*.ckpt"):
+        for pattern in ("last.ckpt", "*.ckpt", "ckpt.pt"):
             found = sorted(p.rglob(pattern), key=lambda f: f.stat().st_mtime)
             if found:
                 return found[-1]
