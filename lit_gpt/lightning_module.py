@@ -158,10 +158,10 @@ class LitGPT(L.LightningModule):
             init_from: Start from these weights (weights only: fresh optimizer, step 0): a lit-gpt .ckpt or run
                 folder, a folder written by lit-gpt export, a Hugging Face GPT-2 folder, or a Hub name (gpt2,
                 gpt2-medium, gpt2-large, gpt2-xl, hf:OWNER/REPO; downloaded once), or a nanoGPT ckpt.pt (its
-                meta.pkl found beside it or in data/DATASET/ of its folder, its parents or the working directory; GPT-2's
-                BPE when there is none). The architecture and the
-                tokenizer come from it; config sets block_size (at most its own), dropout and a larger vocab_size
-                to pad to. To resume a run, use --ckpt_path instead.
+                meta.pkl found beside it or in data/DATASET/ of its folder, its parents or the working directory;
+                GPT-2's BPE when there is none). The architecture and the tokenizer come from it; config sets
+                block_size (at most its own), dropout and a larger vocab_size to pad to. To resume a run, use
+                --ckpt_path instead.
             freeze_embeddings: Do not train the token and position embeddings nor the output layer (tied to them or
                 not).
             freeze_layers: Do not train the first N Transformer blocks.
