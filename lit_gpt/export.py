@@ -1,15 +1,17 @@
-"""``lit-gpt export``: a trained checkpoint -> a folder of safetensors weights that other tools (and init_from) load.
+"""``lit-gpt export``: a trained checkpoint -> a folder of weights that other tools (and init_from) load.
 
 - ``--format hf``: ``config.json`` + ``model.safetensors`` in Hugging Face GPT-2's layout (Conv1D weights
   transposed), which ``transformers.GPT2LMHeadModel.from_pretrained(DIR)`` loads with the same logits; plus the
-  tokenizer's ``tokenizer.json`` when it is a BPE one. Only GPT-2's block exports this way; an untied output layer
-  (``tie_weights: false``) is written as ``lm_head.weight`` with ``tie_word_embeddings: false``, and an MLP width
-  other than 4 x n_embd as ``n_inner``, both of which transformers honours.
+  tokenizer as ``tokenizer.json`` + ``tokenizer_config.json``, which ``AutoTokenizer`` loads with lit-gpt's ids (a
+  char vocabulary as single-character tokens, joined with nothing between). Only GPT-2's block exports this way;
+  an untied output layer (``tie_weights: false``) is written as ``lm_head.weight`` with ``tie_word_embeddings:
+  false``, and an MLP width other than 4 x n_embd as ``n_inner``, both of which transformers honours.
 - ``--format safetensors``: lit-gpt's own parameter names, any architecture.
+- ``--format nanogpt``: nanoGPT's ``ckpt.pt`` (and ``meta.pkl``), see ``lit_gpt.nanogpt``.
 
-Both write ``lit_gpt.json`` (the model config and the tokenizer), so ``--model.init_from DIR`` and ``generate`` get
-the exact model back. LoRA adapters are merged into the plain weights. Nothing is written half: the folder is
-built under a temporary name and renamed.
+hf and safetensors write ``lit_gpt.json`` (the model config and the tokenizer), so ``--model.init_from DIR`` and
+``generate`` get the exact model back. LoRA adapters are merged into the plain weights. Nothing is written half:
+the folder is built under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lit_gpt import nanogpt
 from lit_gpt.errors import LitGPTError
 from lit_gpt.init_from import CONV1D, LIT_META, check_weights, load_pretrained
 from lit_gpt.model import GPT, GPTConfig, mlp_hidden_size
+from lit_gpt.tokenizer import Tokenizer
 
 ExportFormat = Literal["hf", "safetensors", "nanogpt"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
@@ -109,8 +112,6 @@ def export(*, checkpoint: str, out: str, format: ExportFormat = "hf", meta: str 
             exact GELU and a tied output layer; a char or GPT-2 tokenizer).
         meta: A nanoGPT checkpoint's meta.pkl, when it is not where lit-gpt looks (see generate --help).
     """
-    from safetensors.torch import save_file
-
     if format not in FORMATS:
         raise LitGPTError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     target = Path(out).expanduser()
@@ -143,28 +144,7 @@ def export(*, checkpoint: str, out: str, format: ExportFormat = "hf", meta: str 
                 "with --format safetensors"
             )
         state = to_hf(state, config)
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
-        meta = {
-            "format": format,
-            "model_config": asdict(config),
-            "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
-        }
-        (tmp / LIT_META).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-        if format == "hf":
-            eot = tokenizer.eot_id if tokenizer is not None else None
-            (tmp / "config.json").write_text(json.dumps(hf_config(config, eot), indent=1), encoding="utf-8")
-        if hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(tmp / "tokenizer.json")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_folder(target, lambda tmp: _fill(tmp, state, config, tokenizer, format))
     n = sum(v.numel() for v in pre.state.values())
     print(f"wrote {target} ({format}: {n:,} weights, {config.n_layer} layers, vocab {config.vocab_size})")
 
@@ -189,3 +169,32 @@ def _write_folder(target: Path, fill: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fill(
+    tmp: Path, state: dict[str, torch.Tensor], config: GPTConfig, tokenizer: Tokenizer | None, format: str
+) -> None:
+    """The files of an hf or safetensors export."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+    meta = {
+        "format": format,
+        "model_config": asdict(config),
+        "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+    }
+    (tmp / LIT_META).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    if format == "hf":
+        eot = tokenizer.eot_id if tokenizer is not None else None
+        (tmp / "config.json").write_text(json.dumps(hf_config(config, eot), indent=1), encoding="utf-8")
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(tmp / "tokenizer.json")
+        if format == "hf":  # AutoTokenizer then reads tokenizer.json as it is, and decodes without clean-up
+            tokenizer_config = {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": config.block_size,
+                "clean_up_tokenization_spaces": False,
+            }
+            if tokenizer.eot_id is not None:
+                tokenizer_config["eos_token"] = tokenizer.decode([tokenizer.eot_id])
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1), encoding="utf-8")

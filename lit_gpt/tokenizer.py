@@ -134,6 +134,18 @@ class CharTokenizer(Tokenizer):
     def token_bytes(self) -> np.ndarray:
         return np.array([len(c.encode("utf-8")) for c in self.chars], dtype=np.int64)
 
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a Hugging Face ``tokenizer.json`` with the same ids, for transformers' ``AutoTokenizer``: a
+        word-level vocabulary of single characters after a pre-tokenizer that splits off every character
+        (whitespace and newlines too), decoded by joining them with nothing between."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        hf = HFTokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+        hf.decoder = decoders.Fuse()
+        Path(path).write_text(hf.to_str(), encoding="utf-8")
+
     def state(self) -> dict[str, Any]:
         return {"chars": "".join(self.chars)}
 

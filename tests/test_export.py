@@ -103,3 +103,22 @@ def test_export_refuses_to_overwrite_other_folders(tmp_path):
     with pytest.raises(LitGPTError, match="is not an earlier export"):
         export(checkpoint=str(tmp_path / "model.ckpt"), out=str(tmp_path / "mine"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_char_models_hf_export_has_a_tokenizer_transformers_uses_as_lit_gpt_does(tmp_path):
+    """AutoTokenizer gives lit-gpt's ids and text back (spaces, newlines, punctuation), and the text-generation
+    pipeline's greedy continuation is lit-gpt's."""
+    from lit_gpt.generate import generate_text
+
+    ours = write_checkpoint(tmp_path / "char.ckpt", TINY)
+    export(checkpoint=str(tmp_path / "char.ckpt"), out=str(tmp_path / "hf"), format="hf")
+    tok = CharTokenizer.from_text(shakespeare_text("hamlet"))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "HAMLET:\n  To be, or not to be; that's  the question!\n"
+    ids = hf_tok(text)["input_ids"]
+    assert ids == tok.encode(text) and hf_tok.decode(ids) == text and len(hf_tok) == tok.vocab_size
+
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    prompt = "O, that"
+    theirs = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert theirs == generate_text(ours, tok, prompt, 8, temperature=0.0)
