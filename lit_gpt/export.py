@@ -34,6 +34,8 @@ from lit_gpt.tokenizer import Tokenizer
 
 ExportFormat = Literal["hf", "safetensors", "nanogpt"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
+# lit-gpt's MLP -> transformers' activation_function: exact GELU, GPT-2's tanh approximation, ReLU.
+HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
 def hf_problems(config: GPTConfig) -> list[str]:
@@ -44,7 +46,7 @@ def hf_problems(config: GPTConfig) -> list[str]:
     for name, want in (("residual", True), ("projections", True), ("norm", "layernorm"), ("position", "learned")):
         if getattr(config, name) != want:
             problems.append(f"{name} is {getattr(config, name)!r} (GPT-2: {want!r})")
-    if config.mlp not in ("gelu", "relu"):
+    if config.mlp not in HF_ACTIVATION:
         problems.append(f"mlp is {config.mlp!r} (GPT-2: 'gelu')")
     if config.qk_norm:
         problems.append("qk_norm is on")
@@ -85,8 +87,7 @@ def hf_config(config: GPTConfig, eot_id: int | None) -> dict:
         "n_head": config.n_head,
         # GPT-2's empty n_inner is 4 x n_embd.
         "n_inner": None if mlp_hidden_size(config) == 4 * config.n_embd else mlp_hidden_size(config),
-        # lit-gpt's GELU is the exact one (GPT-2's own is the tanh approximation, "gelu_new").
-        "activation_function": "relu" if config.mlp == "relu" else "gelu",
+        "activation_function": HF_ACTIVATION[config.mlp],
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
@@ -147,6 +148,8 @@ def export(*, checkpoint: str, out: str, format: ExportFormat = "hf", meta: str 
     _write_folder(target, lambda tmp: _fill(tmp, state, config, tokenizer, format))
     n = sum(v.numel() for v in pre.state.values())
     print(f"wrote {target} ({format}: {n:,} weights, {config.n_layer} layers, vocab {config.vocab_size})")
+    if format == "hf":  # what a model finetuned from GPT-2 may have changed: the context it was trained with
+        print(f"config.json: n_positions {config.block_size}, activation_function {HF_ACTIVATION[config.mlp]}")
 
 
 def _is_nanogpt_export(folder: Path) -> bool:

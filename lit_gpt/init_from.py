@@ -173,7 +173,7 @@ def _read_hf(folder: Path) -> Pretrained:
         problems.append("scale_attn_weights false is not supported")
     if problems:
         raise LitGPTError(f"{folder}/config.json: " + "; ".join(problems))
-    # GPT-2's gelu_new is tanh-approximated; lit-gpt's GELU is exact (as nanoGPT's): logits differ by ~1e-3.
+    # gelu_new, gelu_pytorch_tanh and gelu_fast are one formula, the tanh approximation GPT-2 was trained with.
     n_inner = cfg.get("n_inner")
     fields_ = {
         "vocab_size": cfg["vocab_size"],
@@ -182,7 +182,7 @@ def _read_hf(folder: Path) -> Pretrained:
         "n_head": cfg["n_head"],
         "n_embd": cfg["n_embd"],
         "bias": True,
-        "mlp": "relu" if act == "relu" else "gelu",
+        "mlp": {"gelu": "gelu", "relu": "relu"}.get(act, "gelu_tanh"),
         # HF's n_inner (empty: 4 x n_embd) is the MLP's hidden width; the default stays empty, as lit-gpt's does.
         "mlp_hidden": n_inner if n_inner is not None and n_inner != 4 * cfg["n_embd"] else None,
         "tie_weights": cfg.get("tie_word_embeddings", True) is not False,  # transformers ties unless told not to

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from lit_gpt.fused_loss import linear_cross_entropy
 
 Norm = Literal["layernorm", "rmsnorm", "none"]
-Mlp = Literal["gelu", "relu", "relu2", "swiglu", "none"]
+Mlp = Literal["gelu", "gelu_tanh", "relu", "relu2", "swiglu", "none"]
 Init = Literal["gpt2", "neox", "pytorch"]
 Position = Literal["learned", "rotary"]
 
@@ -68,9 +68,10 @@ class GPTConfig:
     """Normalisation before attention, before the MLP and before the output layer (pre-norm). "rmsnorm" only
     rescales (no mean subtraction, no bias), as LLaMA does. "none" is the lecture before LayerNorm."""
     mlp: Mlp = "gelu"
-    """The feed-forward network after attention. "gelu" is GPT-2's, "relu" the lecture's, "swiglu" LLaMA's gated
-    unit (silu(x W) * (x V)), "relu2" ReLU squared (relu(x)^2, Primer; the speedruns' choice), "none" the lecture's
-    attention-only steps."""
+    """The feed-forward network after attention. "gelu" is nanoGPT's (the exact GELU), "gelu_tanh" GPT-2's own tanh
+    approximation (Hugging Face's "gelu_new", which GPT-2 checkpoints were trained with), "relu" the lecture's,
+    "swiglu" LLaMA's gated unit (silu(x W) * (x V)), "relu2" ReLU squared (relu(x)^2, Primer; the speedruns' choice),
+    "none" the lecture's attention-only steps."""
     mlp_hidden: int | None = None
     """Hidden width of the MLP. Empty: 4 x n_embd; for swiglu 8/3 x n_embd rounded up to a multiple of 8, which keeps
     the parameter count of a 4 x n_embd MLP (swiglu has three matrices, not two); n_embd when projections is off."""
@@ -275,7 +276,8 @@ class MLP(nn.Module):
         # swiglu: one matmul gives both the gate and the value half (silu(x W) * (x V)).
         width = 2 * hidden if config.mlp == "swiglu" else hidden
         self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
-        self.act = {"gelu": nn.GELU(), "relu": nn.ReLU(), "relu2": ReLUSquared(), "swiglu": SwiGLU()}[config.mlp]
+        acts = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+        self.act = (acts | {"relu2": ReLUSquared, "swiglu": SwiGLU})[config.mlp]()
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias) if config.projections else None
         self.dropout = nn.Dropout(config.dropout)
 

@@ -122,3 +122,18 @@ def test_a_char_models_hf_export_has_a_tokenizer_transformers_uses_as_lit_gpt_do
     prompt = "O, that"
     theirs = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
     assert theirs == generate_text(ours, tok, prompt, 8, temperature=0.0)
+
+
+def test_a_gpt2_keeps_its_tanh_gelu_and_context_through_export(tmp_path):
+    from conftest import tiny_gpt2
+
+    hf = tiny_gpt2(tmp_path / "gpt2", activation="gelu_new")
+    r = run_cli("export", "--checkpoint", "gpt2", "--out", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "n_positions 32, activation_function gelu_new" in r.stdout
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["activation_function"] == "gelu_new" and cfg["n_positions"] == 32
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    idx = torch.randint(0, 101, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(again(idx).logits, hf(idx).logits, rtol=1e-5, atol=1e-5)

@@ -39,14 +39,14 @@ def test_gpt2_folder_gives_hf_logits(tmp_path, safe, vocab_size):
         assert ours.softmax(-1)[..., 101:].sum(-1).max() < 0.5
 
 
-def test_gpt2_tanh_gelu_is_close_and_shorter_context_crops(tmp_path):
+def test_gpt2_tanh_gelu_gives_hfs_logits_and_shorter_context_crops(tmp_path):
     hf = tiny_gpt2(tmp_path, activation="gelu_new")
     pre = load_pretrained(tmp_path)
     model = build_model(pre, target_config(pre, GPTConfig(block_size=16, dropout=0.1))).eval()
-    assert model.config.block_size == 16 and model.config.dropout == 0.1
+    assert model.config.block_size == 16 and model.config.dropout == 0.1 and model.config.mlp == "gelu_tanh"
     idx = torch.randint(0, 101, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(model(idx)[0], hf(idx).logits, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(model(idx)[0], hf(idx).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_shape_mismatches_are_clear_errors(tmp_path):
