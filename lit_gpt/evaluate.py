@@ -1,0 +1,121 @@
+"""``lit-gpt evaluate``: how well any model ``generate`` loads predicts a text: loss, perplexity and bits per byte.
+
+Every token of the text is scored once (all but the first, which has no context): the tokens are cut into
+consecutive windows of ``block_size`` predictions, each window's inputs the tokens before its targets, so the first
+target of a window sees no earlier context. Bits per byte divide the summed loss by the UTF-8 bytes the scored
+tokens stand for, so models with different tokenizers compare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from lit_gpt.errors import LitGPTError
+from lit_gpt.init_from import load_for_sampling
+from lit_gpt.model import GPT
+from lit_gpt.tokenizer import Tokenizer, UnknownCharactersError
+
+
+@dataclass
+class EvalData:
+    """The text to score."""
+
+    source: str
+    """A file, folder, glob, hf:NAME or built-in corpus, as fit's --data.source."""
+    cache_dir: str = "data"
+    """Where hf: datasets and downloads are cached."""
+
+
+@torch.no_grad()
+def score_tokens(model: GPT, tokens: torch.Tensor, token_bytes: torch.Tensor, batch_size: int = 8) -> dict[str, float]:
+    """Summed loss (nats), scored tokens and their UTF-8 bytes of a 1-D token tensor, every target once."""
+    T = model.config.block_size
+    device = next(model.parameters()).device
+    starts = list(range(0, tokens.numel() - 1, T))
+    nats, count, n_bytes = 0.0, 0, 0
+    full = [s for s in starts if s + T + 1 <= tokens.numel()]  # whole windows, batched
+    rest = starts[len(full) :]  # the shorter last window
+    for group in [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in rest]:
+        x = torch.stack([tokens[s : min(s + T, tokens.numel() - 1)] for s in group]).to(device)
+        y = torch.stack([tokens[s + 1 : s + 1 + x.size(1)] for s in group]).to(device)
+        logits, _ = model(x)
+        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+        n_bytes += int(token_bytes[y.cpu()].sum())
+    return {"nats": nats, "tokens": count, "bytes": n_bytes}
+
+
+def evaluate(
+    *,
+    checkpoint: str,
+    data: EvalData | None = None,
+    out: str | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    meta: str | None = None,
+) -> dict[str, float]:
+    """Score a model on a text: loss (nats per token), perplexity and bits per byte, every token once.
+
+    Args:
+        checkpoint: Any model generate takes: a .ckpt or run folder, an export, a Hugging Face GPT-2 folder, a Hub
+            name (gpt2, hf:OWNER/REPO) or a nanoGPT ckpt.pt or out_dir.
+        data: The text to score (--data.source PATH).
+        out: Also write the results to this JSON file.
+        batch_size: Windows of block_size tokens scored at once.
+        device: 'cpu', 'cuda', or 'auto' (CUDA when available).
+        meta: A nanoGPT checkpoint's meta.pkl, when it is not where lit-gpt looks (see generate --help).
+    """
+    if data is None:
+        raise LitGPTError("nothing to evaluate on: give --data.source PATH (a file, folder, glob or hf:NAME)")
+    if batch_size <= 0:
+        raise LitGPTError(f"batch_size must be positive, got {batch_size}")
+    from lit_gpt.sources import load_text
+
+    text = load_text(data.source, data.cache_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_for_sampling(checkpoint, device, meta)
+    tokens = _encode(tokenizer, text, data.source)
+    if tokens.numel() < 2:
+        raise LitGPTError(f"--data.source {data.source!r} has fewer than 2 tokens: give a longer text")
+    token_bytes = torch.as_tensor(tokenizer.token_bytes())
+    s = score_tokens(model, tokens, token_bytes, batch_size)
+    loss = s["nats"] / s["tokens"]
+    results = {
+        "loss": loss,
+        "ppl": math.exp(loss),
+        "bpb": s["nats"] / math.log(2) / s["bytes"] if s["bytes"] else float("nan"),
+        "tokens": s["tokens"],
+        "bytes": s["bytes"],
+    }
+    print(f"{'source':<8} {data.source}")
+    for key in ("loss", "ppl", "bpb"):
+        print(f"{key:<8} {results[key]:.4f}")
+    print(f"{'tokens':<8} {s['tokens']:,} scored ({s['bytes']:,} bytes)")
+    if out is not None:
+        _write_json(Path(out).expanduser(), {"checkpoint": checkpoint, "source": data.source, **results})
+    return results
+
+
+def _encode(tokenizer: Tokenizer, text: str, source: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(tokenizer.encode_array(text), dtype=torch.long)
+    except UnknownCharactersError as e:
+        raise LitGPTError(
+            f"--data.source {source!r} has {e}, which this model's vocabulary lacks: score a text in its alphabet"
+        ) from None
+
+
+def _write_json(path: Path, results: dict) -> None:
+    """Written whole or not at all: a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
