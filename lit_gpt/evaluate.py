@@ -60,6 +60,7 @@ def evaluate(
     batch_size: int = 8,
     device: str = "auto",
     meta: str | None = None,
+    log_dir: str | None = None,
 ) -> dict[str, float]:
     """Score a model on a text: loss (nats per token), perplexity and bits per byte, every token once.
 
@@ -71,6 +72,8 @@ def evaluate(
         batch_size: Windows of block_size tokens scored at once.
         device: 'cpu', 'cuda', or 'auto' (CUDA when available).
         meta: A nanoGPT checkpoint's meta.pkl, when it is not where lit-gpt looks (see generate --help).
+        log_dir: Add the figures to this TensorBoard folder (e.g. the run's runs/NAME/version_0) as eval/loss,
+            eval/ppl and eval/bpb, at the checkpoint's step (0 for a model that records none).
     """
     if data is None:
         raise LitGPTError("nothing to evaluate on: give --data.source PATH (a file, folder, glob or hf:NAME)")
@@ -101,7 +104,31 @@ def evaluate(
     print(f"{'tokens':<8} {s['tokens']:,} scored ({s['bytes']:,} bytes)")
     if out is not None:
         _write_json(Path(out).expanduser(), {"checkpoint": checkpoint, "source": data.source, **results})
+    if log_dir is not None:
+        _log(Path(log_dir).expanduser(), results, _global_step(checkpoint))
     return results
+
+
+def _global_step(checkpoint: str) -> int:
+    """The optimizer step a lit-gpt checkpoint file was saved at; 0 for anything else (an export, the Hub)."""
+    from lit_gpt.checkpoints.read import resolve_checkpoint, torch_load
+
+    path = Path(checkpoint).expanduser()
+    if not path.exists() or (path.is_dir() and not any(path.rglob("*.ckpt"))):
+        return 0
+    file = resolve_checkpoint(path)
+    saved = torch_load(file, mmap=True) if file.is_file() else {}  # memory-mapped: the weights are not read
+    step = saved.get("global_step", saved.get("iter_num", 0)) if isinstance(saved, dict) else 0
+    return step if isinstance(step, int) else 0
+
+
+def _log(log_dir: Path, results: dict, step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for key in ("loss", "ppl", "bpb"):
+            writer.add_scalar(f"eval/{key}", results[key], step)
+    print(f"added eval/loss, eval/ppl, eval/bpb at step {step} to {log_dir}")
 
 
 def _encode(tokenizer: Tokenizer, text: str, source: str) -> torch.Tensor:

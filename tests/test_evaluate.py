@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from conftest import run_cli
 from test_export import TINY, write_checkpoint
 from test_nanogpt import nanogpt_run, one_error_line
+from test_train import scalars
 
 from lit_gpt.corpus import shakespeare_text
 from lit_gpt.evaluate import score_tokens
@@ -41,6 +43,12 @@ def test_evaluate_prints_and_writes_loss_ppl_and_bpb(tmp_path):
     assert math.isclose(res["bpb"], res["loss"] / math.log(2) * res["tokens"] / res["bytes"], rel_tol=1e-9)
     assert f"loss     {res['loss']:.4f}" in r.stdout and "bpb" in r.stdout
     assert res["loss"] > math.log(20)  # random weights: no better than guessing among most of the characters
+
+    r = run_cli("evaluate", "--checkpoint", "m.ckpt", "--data.source", "t.txt", "--log_dir", "tb", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    logged = scalars(tmp_path / "tb")
+    assert logged["eval/loss"] == [(7, pytest.approx(res["loss"], rel=1e-6))]  # at the checkpoint's step
+    assert set(logged) == {"eval/loss", "eval/ppl", "eval/bpb"}
 
 
 def test_a_nanogpt_checkpoint_evaluates_and_bad_input_ends_in_one_line(tmp_path):
