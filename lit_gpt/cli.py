@@ -50,7 +50,7 @@ COMMANDS: tuple[Command, ...] = (
         "validate", "lit_gpt.lightning_cli:fit_cli", "the val loss of a checkpoint on a config's data", "lightning"
     ),
     Command("generate", "lit_gpt.generate:generate", "sample from a checkpoint, an export or gpt2"),
-    Command("evaluate", "lit_gpt.evaluate:evaluate", "loss, perplexity and bits per byte of any model on a text"),
+    Command("evaluate", "lit_gpt.evaluate:evaluate", "loss, perplexity, bits per byte on a text; lm-eval tasks"),
     Command("prepare", "lit_gpt.data:prepare_cli", "tokenize a config's data once, for a cluster job", "argv"),
     Command("convert", "lit_gpt.checkpoints.convert:convert", "a sharded (FSDP) checkpoint -> one file"),
     Command("export", "lit_gpt.export:export", "to Hugging Face or safetensors"),

@@ -1,6 +1,7 @@
-"""``lit-gpt evaluate``: how well any model ``generate`` loads predicts a text: loss, perplexity and bits per byte.
+"""``lit-gpt evaluate``: how well any model ``generate`` loads predicts a text (loss, perplexity and bits per byte),
+and its scores on lm-evaluation-harness's tasks (``--tasks``, through ``lit_gpt.lm_eval_adapter``).
 
-Every token of the text is scored once (all but the first, which has no context): the tokens are cut into
+On a text, every token of the text is scored once (all but the first, which has no context): the tokens are cut into
 consecutive windows of ``block_size`` predictions, each window's inputs the tokens before its targets, so the first
 target of a window sees no earlier context. Bits per byte divide the summed loss by the UTF-8 bytes the scored
 tokens stand for, so models with different tokenizers compare.
@@ -56,38 +57,92 @@ def evaluate(
     *,
     checkpoint: str,
     data: EvalData | None = None,
+    tasks: str | None = None,
+    tasks_dir: str | None = None,
+    num_fewshot: int | None = None,
+    limit: float | None = None,
     out: str | None = None,
     batch_size: int = 8,
     device: str = "auto",
     meta: str | None = None,
     log_dir: str | None = None,
-) -> dict[str, float]:
-    """Score a model on a text: loss (nats per token), perplexity and bits per byte, every token once.
+) -> dict:
+    """Score a model on a text (loss, perplexity, bits per byte) and on lm-evaluation-harness tasks.
+
+    The text's loss is in nats per token, every token scored once; the tasks' metrics are the harness's own.
 
     Args:
         checkpoint: Any model generate takes: a .ckpt or run folder, an export, a Hugging Face GPT-2 folder, a Hub
             name (gpt2, hf:OWNER/REPO) or a nanoGPT ckpt.pt or out_dir.
         data: The text to score (--data.source PATH).
+        tasks: lm-evaluation-harness tasks, groups or tags, comma-separated (hellaswag,arc_easy); needs
+            pip install 'lit-gpt[eval]'. The harness downloads their datasets from the Hugging Face Hub.
+        tasks_dir: A folder of your own task YAML (the harness's format) that --tasks may name.
+        num_fewshot: Examples put before each question (the task's own default when not given).
+        limit: Score only the first N examples of each task (a fraction below 1: that share of them).
         out: Also write the results to this JSON file.
         batch_size: Windows of block_size tokens scored at once.
         device: 'cpu', 'cuda', or 'auto' (CUDA when available).
         meta: A nanoGPT checkpoint's meta.pkl, when it is not where lit-gpt looks (see generate --help).
         log_dir: Add the figures to this TensorBoard folder (e.g. the run's runs/NAME/version_0) as eval/loss,
-            eval/ppl and eval/bpb, at the checkpoint's step (0 for a model that records none).
+            eval/ppl and eval/bpb, at the checkpoint's step (0 for a model that records none), and each task's
+            metrics as eval/TASK/METRIC.
     """
-    if data is None:
-        raise LitGPTError("nothing to evaluate on: give --data.source PATH (a file, folder, glob or hf:NAME)")
+    names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+    if data is None and not names:
+        raise LitGPTError(
+            "nothing to evaluate on: give --data.source PATH (a file, folder, glob or hf:NAME) or --tasks NAMES"
+        )
     if batch_size <= 0:
         raise LitGPTError(f"batch_size must be positive, got {batch_size}")
-    from lit_gpt.sources import load_text
-
-    text = load_text(data.source, data.cache_dir)
+    if limit is not None and limit <= 0:
+        raise LitGPTError(f"--limit must be positive (a count, or a fraction below 1), got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise LitGPTError(f"--num_fewshot must be 0 or more, got {num_fewshot}")
+    run_tasks = _harness() if names else None  # before any loading: a missing extra is said at once
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if data is not None:
+        from lit_gpt.sources import load_text
+
+        text = load_text(data.source, data.cache_dir)  # a missing text is said before the model loads
     model, tokenizer = load_for_sampling(checkpoint, device, meta)
-    tokens = _encode(tokenizer, text, data.source)
+    results: dict = {} if data is None else _score_text(model, tokenizer, text, data.source, batch_size)
+    if run_tasks is not None:
+        from lm_eval.utils import make_table
+
+        from lit_gpt.lm_eval_adapter import task_scores
+
+        harness = run_tasks(model, tokenizer, names, tasks_dir, num_fewshot, limit, batch_size)
+        print(make_table(harness))
+        results["tasks"] = task_scores(harness)
+        results["n-shot"] = harness.get("n-shot", {})
+    if out is not None:
+        source = {} if data is None else {"source": data.source}
+        _write_json(Path(out).expanduser(), {"checkpoint": checkpoint, **source, **results})
+    if log_dir is not None:
+        _log(Path(log_dir).expanduser(), results, _global_step(checkpoint))
+    return results
+
+
+def _harness():
+    """``run_tasks``, or a one-line error when lm-eval is not installed."""
+    try:
+        from lit_gpt.lm_eval_adapter import run_tasks
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("lm_eval"):
+            raise
+        raise LitGPTError(
+            "--tasks runs lm-evaluation-harness, which is not installed: pip install 'lit-gpt[eval]'"
+        ) from None
+    return run_tasks
+
+
+def _score_text(model: GPT, tokenizer: Tokenizer, text: str, source: str, batch_size: int) -> dict:
+    """Loss, perplexity and bits per byte of ``text``, printed and returned."""
+    tokens = _encode(tokenizer, text, source)
     if tokens.numel() < 2:
-        raise LitGPTError(f"--data.source {data.source!r} has fewer than 2 tokens: give a longer text")
+        raise LitGPTError(f"--data.source {source!r} has fewer than 2 tokens: give a longer text")
     token_bytes = torch.as_tensor(tokenizer.token_bytes())
     s = score_tokens(model, tokens, token_bytes, batch_size)
     loss = s["nats"] / s["tokens"]
@@ -98,14 +153,10 @@ def evaluate(
         "tokens": s["tokens"],
         "bytes": s["bytes"],
     }
-    print(f"{'source':<8} {data.source}")
+    print(f"{'source':<8} {source}")
     for key in ("loss", "ppl", "bpb"):
         print(f"{key:<8} {results[key]:.4f}")
     print(f"{'tokens':<8} {s['tokens']:,} scored ({s['bytes']:,} bytes)")
-    if out is not None:
-        _write_json(Path(out).expanduser(), {"checkpoint": checkpoint, "source": data.source, **results})
-    if log_dir is not None:
-        _log(Path(log_dir).expanduser(), results, _global_step(checkpoint))
     return results
 
 
@@ -125,10 +176,13 @@ def _global_step(checkpoint: str) -> int:
 def _log(log_dir: Path, results: dict, step: int) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
+    tags = {f"eval/{key}": results[key] for key in ("loss", "ppl", "bpb") if key in results}
+    for task, metrics in results.get("tasks", {}).items():
+        tags.update({f"eval/{task}/{name}": value for name, value in metrics.items()})
     with SummaryWriter(str(log_dir)) as writer:
-        for key in ("loss", "ppl", "bpb"):
-            writer.add_scalar(f"eval/{key}", results[key], step)
-    print(f"added eval/loss, eval/ppl, eval/bpb at step {step} to {log_dir}")
+        for tag, value in tags.items():
+            writer.add_scalar(tag, value, step)
+    print(f"added {', '.join(tags)} at step {step} to {log_dir}")
 
 
 def _encode(tokenizer: Tokenizer, text: str, source: str) -> torch.Tensor:

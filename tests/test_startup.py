@@ -39,7 +39,9 @@ print(json.dumps({{"extras": extras, "mean": mean.compute().item(), "n_layer": c
         pytest.skip("torchmetrics no longer imports transformers when Lightning is imported: lit_gpt/startup.py can go")
     # lit_gpt.cli is what `lit-gpt` and `python -m lit_gpt.cli` run first, before any Lightning import.
     after = python(report.format(first="import lit_gpt.cli", installed=installed))
-    assert after["extras"] == [], after
+    # torchmetrics imports scipy.signal whenever scipy is installed (lm-eval brings it), outside the flags
+    # startup.py can mark; it costs a fraction of what transformers does.
+    assert not set(after["extras"]) - {"scipy"}, after
     assert after["mean"] == 2.0 and after["n_layer"] == 1
 
 
