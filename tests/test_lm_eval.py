@@ -67,11 +67,12 @@ def write_tasks(folder: Path, texts: list[str]) -> Path:
     return tasks
 
 
-def test_tasks_score_as_the_harness_hf_backend_scores_the_same_weights(tmp_path, monkeypatch, corpus):
+def test_tasks_score_as_the_harness_hf_backend_scores_the_models_hf_export(tmp_path, monkeypatch, corpus):
     import lm_eval
     from lm_eval.tasks import TaskManager
     from tokenizers import ByteLevelBPETokenizer
 
+    from lit_gpt.export import export
     from lit_gpt.init_from import load_for_sampling
     from lit_gpt.lm_eval_adapter import LitGPTLM
 
@@ -86,11 +87,12 @@ def test_tasks_score_as_the_harness_hf_backend_scores_the_same_weights(tmp_path,
     names = ["tiny_mc", "tiny_roll", "tiny_gen"]
 
     model, tokenizer = load_for_sampling(tmp_path / "gpt2")
+    export(checkpoint=str(tmp_path / "gpt2"), out=str(tmp_path / "hf"))  # what the HF backend is given
     ours = lm_eval.simple_evaluate(
         model=LitGPTLM(model, tokenizer, batch_size=2), tasks=names, task_manager=manager, log_samples=True
     )
     theirs = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={tmp_path / 'gpt2'},dtype=float32", device="cpu", batch_size=2,
+        model="hf", model_args=f"pretrained={tmp_path / 'hf'},dtype=float32", device="cpu", batch_size=2,
         tasks=names, task_manager=manager, log_samples=True,
     )  # fmt: skip
     for name in names:
