@@ -13,13 +13,14 @@ from lit_gpt.startup import skip_torchmetrics_extras
 skip_torchmetrics_extras()  # lit_gpt/startup.py
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
 from lit_gpt.data import TextDataModule
@@ -86,7 +87,14 @@ class LitGPTCLI(LightningCLI):
         prepare_run(self.trainer, self.config_init[self.subcommand], self.config[self.subcommand])
         self._new_run_folder = new_run_folder(self.trainer)
 
-    before_validate = before_fit
+    def before_validate(self) -> None:
+        self.before_fit()  # --ckpt_path last is looked up in the logger's folder, so the logger is dropped after
+        # validate prints its figures; it opens a runs/NAME/version_N (and writes a config.yaml there) only when the
+        # command line asks for a logger (--trainer.logger ...), not because the config file has fit's.
+        if not any(a.startswith("--trainer.logger") for a in self._command_line):
+            self.trainer.loggers = []
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
+            self._new_run_folder = None
 
     def _run_subcommand(self, subcommand: str) -> None:
         self._new_run_folder = None
@@ -101,6 +109,10 @@ class LitGPTCLI(LightningCLI):
             # launched waiting in a collective, each to die with a traceback once rank 0 exits: end them first.
             kill_launched_ranks(self.trainer)
             raise
+
+    def parse_arguments(self, parser, args) -> None:
+        self._command_line = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        super().parse_arguments(parser, args)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> object:
         # Our default callbacks step aside when the user turns their feature off, instead of Lightning refusing

@@ -139,12 +139,14 @@ def test_generate_refuses_characters_the_model_never_saw(trained_run, tmp_path):
 
 
 def test_validate_on_the_whole_split_scores_every_token(trained_run, tmp_path, corpus):
-    r = run_cli(
+    args = [
         "validate", "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), *TINY,
         "--data.source", str(corpus), "--data.val_batches", "0", "--model.init_from", str(trained_run),
-        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
-    )  # fmt: skip
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "config.yaml").exists()  # nothing asked it to log
     val = float(re.search(r"val/loss\s*[│|]\s*([\d.]+)", r.stdout).group(1))
     # The same by hand: the model over consecutive windows of the prepared val split, the last batch short.
     model, _, _ = load_model(trained_run / "checkpoints" / "last.ckpt")
@@ -155,6 +157,10 @@ def test_validate_on_the_whole_split_scores_every_token(trained_run, tmp_path, c
     with torch.no_grad():
         _, loss = model.eval()(data[:-1].view(n, 32), data[1:].view(n, 32))
     assert n % 8 != 0 and val == pytest.approx(loss.item(), abs=1e-4)  # a short last batch, weighted by its tokens
+
+    r = run_cli(*args, "--trainer.logger.init_args.name", "scored", cwd=tmp_path)  # asked to log: it does
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert scalars(next((tmp_path / "runs" / "scored").glob("version_*")))["val/loss"][0][1] == pytest.approx(val)
 
 
 def test_checkpoint_is_plain_data_and_loads_with_weights_only(trained_run):
