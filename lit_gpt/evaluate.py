@@ -9,11 +9,13 @@ tokens stand for, so models with different tokenizers compare.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch.nn import functional as F
@@ -99,7 +101,7 @@ def evaluate(
         raise LitGPTError(f"--limit must be positive (a count, or a fraction below 1), got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise LitGPTError(f"--num_fewshot must be 0 or more, got {num_fewshot}")
-    run_tasks = _harness() if names else None  # before any loading: a missing extra is said at once
+    harness = _harness() if names else None  # before any loading: a missing extra is said at once
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if data is not None:
@@ -108,15 +110,13 @@ def evaluate(
         text = load_text(data.source, data.cache_dir)  # a missing text is said before the model loads
     model, tokenizer = load_for_sampling(checkpoint, device, meta)
     results: dict = {} if data is None else _score_text(model, tokenizer, text, data.source, batch_size)
-    if run_tasks is not None:
+    if harness is not None:
         from lm_eval.utils import make_table
 
-        from lit_gpt.lm_eval_adapter import task_scores
-
-        harness = run_tasks(model, tokenizer, names, tasks_dir, num_fewshot, limit, batch_size)
-        print(make_table(harness))
-        results["tasks"] = task_scores(harness)
-        results["n-shot"] = harness.get("n-shot", {})
+        scored = harness.run_tasks(model, tokenizer, names, tasks_dir, num_fewshot, limit, batch_size)
+        print(make_table(scored))
+        results["tasks"] = harness.task_scores(scored)
+        results["n-shot"] = scored.get("n-shot", {})
     if out is not None:
         source = {} if data is None else {"source": data.source}
         _write_json(Path(out).expanduser(), {"checkpoint": checkpoint, **source, **results})
@@ -125,17 +125,16 @@ def evaluate(
     return results
 
 
-def _harness():
-    """``run_tasks``, or a one-line error when lm-eval is not installed."""
+def _harness() -> ModuleType:
+    """``lit_gpt.lm_eval_adapter``, or a one-line error when lm-eval is not installed."""
     try:
-        from lit_gpt.lm_eval_adapter import run_tasks
+        return importlib.import_module("lit_gpt.lm_eval_adapter")
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("lm_eval"):
             raise
         raise LitGPTError(
             "--tasks runs lm-evaluation-harness, which is not installed: pip install 'lit-gpt[eval]'"
         ) from None
-    return run_tasks
 
 
 def _score_text(model: GPT, tokenizer: Tokenizer, text: str, source: str, batch_size: int) -> dict:

@@ -88,9 +88,10 @@ class LitGPTCLI(LightningCLI):
         self._new_run_folder = new_run_folder(self.trainer)
 
     def before_validate(self) -> None:
-        self.before_fit()  # --ckpt_path last is looked up in the logger's folder, so the logger is dropped after
         # validate prints its figures; it opens a runs/NAME/version_N (and writes a config.yaml there) only when the
-        # command line asks for a logger (--trainer.logger ...), not because the config file has fit's.
+        # command line asks for a logger (--trainer.logger ...), not because the config file has fit's. The logger
+        # goes after before_fit, which looks up --ckpt_path last in the logger's folder.
+        self.before_fit()
         if not any(a.startswith("--trainer.logger") for a in self._command_line):
             self.trainer.loggers = []
             self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, SaveConfigCallback)]

@@ -23,7 +23,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from torch.nn import functional as F
 
-from lit_gpt.errors import LitGPTError
+from lit_gpt.errors import LitGPTError, first_line
 from lit_gpt.generate import generate_tokens
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
@@ -121,7 +121,7 @@ class LitGPTLM(TemplateLM):
             until = handle_stop_sequences(kw.pop("until", None), eos=eos)
             ids = self.tok_encode(context) or ([self.eot_token_id] if self.eot_token_id is not None else [])
             if not ids:
-                raise ValueError("an empty prompt, and this model's tokenizer has no end-of-text token to start from")
+                raise LitGPTError("a task's prompt is empty, and this model has no end-of-text token to start from")
             idx = torch.tensor([ids[-self.max_length :]], dtype=torch.long, device=self._device)
             new: list[int] = []
             text = ""
@@ -159,15 +159,13 @@ def run_tasks(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    manager = None
-    if tasks_dir is not None:
-        if not Path(tasks_dir).expanduser().is_dir():
-            raise LitGPTError(f"--tasks_dir {tasks_dir!r} is not a folder: give the folder that holds the task YAML")
-        manager = TaskManager(include_path=str(Path(tasks_dir).expanduser()), include_defaults=False)
-        if not set(tasks) <= set(manager.all_tasks):  # some are the harness's own: index those too (seconds)
-            manager = None
-    if manager is None:
-        manager = TaskManager(include_path=None if tasks_dir is None else str(Path(tasks_dir).expanduser()))
+    folder = None if tasks_dir is None else str(Path(tasks_dir).expanduser())
+    if folder is not None and not Path(folder).is_dir():
+        raise LitGPTError(f"--tasks_dir {tasks_dir!r} is not a folder: give the folder that holds the task YAML")
+    # The user's own tasks alone, when that is all --tasks names: indexing the harness's thousands is slow.
+    manager = None if folder is None else TaskManager(include_path=folder, include_defaults=False)
+    if manager is None or not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=folder)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise LitGPTError(
@@ -182,18 +180,17 @@ def run_tasks(
     except Exception as e:  # a task's dataset that cannot be had is the user's to fix; anything else is a bug
         if not _from_downloads(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LitGPTError(
-            f"could not load a task's dataset ({first}): lm-eval fetches them from the Hugging Face Hub, so connect "
-            "or run once where you can (they are cached in HF_DATASETS_CACHE)"
+            f"could not load a task's dataset ({first_line(e)}): lm-eval fetches them from the Hugging Face Hub, so "
+            "connect or run once where you can (they are cached in HF_DATASETS_CACHE)"
         ) from None
     return results
 
 
 def _from_downloads(error: BaseException) -> bool:
-    kinds = [type(error), *type(error).__mro__]
     return isinstance(error, ConnectionError) or any(
-        k.__module__.split(".")[0] in {"datasets", "huggingface_hub", "requests", "urllib3", "fsspec"} for k in kinds
+        k.__module__.split(".")[0] in {"datasets", "huggingface_hub", "requests", "urllib3", "fsspec"}
+        for k in type(error).__mro__
     )
 
 
