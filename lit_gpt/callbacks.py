@@ -13,7 +13,7 @@ from lightning.pytorch.trainer.states import RunningStage
 
 from lit_gpt.flops import dense_gpu_peak, peak_flops
 from lit_gpt.generate import generate_text
-from lit_gpt.lightning_private import accumulating, batches_that_stepped, should_update_logs
+from lit_gpt.lightning_private import accumulating, should_update_logs
 from lit_gpt.parallel import gather_on_rank_zero, is_sharded_model, uncompiled
 
 
@@ -72,36 +72,28 @@ class TokenThroughput(ThroughputMonitor):
         if accumulating(trainer) or not should_update_logs(trainer):
             return
         self._read_clock(trainer, stage)
-        throughput = self._throughputs[stage]
-        metrics = throughput.compute()
-        # Straight to the loggers, at the step train/loss is logged at: Lightning's own route also flushes the event
-        # file, which Lightning does anyway right after this hook, when it writes train/loss.
-        step = batches_that_stepped(trainer)
-        named = {f"{stage.value}{throughput.separator}{k}": v for k, v in metrics.items()}
+        metrics = self._throughputs[stage].compute()
+        # What a reader of the curves wants (lit_gpt/tensorboard.py), for all ranks together; Lightning's per-device
+        # duplicates and its counters of batches and samples are left out.
+        world = trainer.world_size
+        named = {"train/seconds": metrics["time"], "train/tokens": metrics["lengths"] * world}
+        if (per_device := metrics.get("device/items_per_sec")) is not None:
+            named["train/tokens_per_sec"] = per_device * world
+            pl_module.log("train/tokens_per_sec", per_device * world, prog_bar=True, logger=False, rank_zero_only=True)
+        if (flops := metrics.get("device/flops_per_sec")) is not None:
+            named["train/model_flops_per_sec"] = flops * world
+        if (mfu := metrics.get("device/mfu")) is not None:
+            named["train/mfu"] = mfu
         for logger in trainer.loggers:
-            logger.log_metrics(named, step=step)
-        per_device = metrics.get("device/items_per_sec")
-        if per_device is not None:
-            tokens_per_sec = per_device * trainer.world_size
-            pl_module.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True, rank_zero_only=True)
+            logger.log_metrics(named, step=trainer.global_step)  # the optimizer steps done, as train/loss
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
     ) -> None:
-        # Counted and timed one by one, but logged once per validation (below): Lightning logs every validation
-        # batch at a count of validation batches, an x-axis that matches no training step in TensorBoard.
+        # Timed, so that Lightning's on_validation_end takes the validation's time out of training's; not logged.
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         self._update(trainer, pl_module, batch, 0)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        stage = trainer.state.stage
-        if not trainer.sanity_checking and trainer.is_global_zero and self._batches.get(stage):
-            throughput = self._throughputs[stage]
-            named = {f"{stage.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()}
-            for logger in trainer.loggers:
-                logger.log_metrics(named, step=trainer.global_step)
-        super().on_validation_end(trainer, pl_module)
 
     @torch.inference_mode()
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, iter_num: int) -> None:
@@ -109,10 +101,6 @@ class TokenThroughput(ThroughputMonitor):
         self._samples[stage] += self.batch_size_fn(batch)
         self._lengths[stage] += self.length_fn(batch)
         self._batches[stage] += 1
-        # A validation batch is a forward pass only: a third of the training FLOPs per token (2N of 6N).
-        model, tokens = getattr(pl_module, "model", None), batch[0]
-        flops = model.flops_per_token(tokens.size(1)) * tokens.numel() // 3 if hasattr(model, "flops_per_token") else 0
-        self._pending_flops[stage] = self._pending_flops.get(stage, 0) + flops
         self._read_clock(trainer, stage)
 
     def _read_clock(self, trainer: L.Trainer, stage: RunningStage) -> None:

@@ -370,6 +370,8 @@ class TextDataModule(L.LightningDataModule):
         self.prepared_dir = self.prepare()
         self.meta = json.loads((self.prepared_dir / "meta.json").read_text(encoding="utf-8"))
         self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
+        if (note := self.splits_note()) and (self.trainer is None or self.trainer.is_global_zero):
+            print(note)
         need = self.block_size + 1
         for split, n in self.meta["tokens"].items():
             if n < need:
@@ -377,6 +379,27 @@ class TextDataModule(L.LightningDataModule):
                     f"the {split} split of {self.source!r} has {n} tokens, fewer than block_size + 1 = {need}: "
                     f"use a longer corpus, a smaller --model.config.block_size, or change --data.val_fraction"
                 )
+
+    def splits_note(self) -> str | None:
+        """For a local folder: one line saying which of its files are trained on and which validated on."""
+        kw = self.prepare_kwargs
+        if kw["val_source"] or kw["val_split"] or not Path(self.source).expanduser().is_dir():
+            return None
+        files = self.meta.get("split_files")
+        held_out = (
+            f"the first {kw['val_tokens']:,} tokens of the stream"
+            if self.streaming
+            else f"the last {self.val_fraction:.0%} of them"
+        )
+        if files is None:
+            return f"data: {self.source} has no files named train*/validation*: validating on {held_out}"
+
+        def count(split: str) -> str:
+            return f"{files[split]} {split}* file{'s' if files[split] > 1 else ''}"
+
+        val = f"validating on its {count('validation')}" if "validation" in files else f"validating on {held_out}"
+        unused = f"; {count('test')} not used" if "test" in files else ""
+        return f"data: {self.source} is split by file name: training on its {count('train')}, {val}{unused}"
 
     @property
     def vocab_size(self) -> int:

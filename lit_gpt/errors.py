@@ -9,8 +9,10 @@ rank reaches at the same step, is reported by rank 0 alone (``report_rank_zero``
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,11 +36,13 @@ def report(message: str, prefix: str = "lit-gpt: error") -> None:
         print(f"{prefix}: {message}", file=sys.stderr, flush=True)
         said = {"message": message, "pid": os.getpid(), "ppid": os.getppid(), "time": time.time()}
         tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+        _remove_stale_markers(marker.parent)
         try:
             tmp.write_text(json.dumps(said), encoding="utf-8")
             os.replace(tmp, marker)
         except OSError:
-            pass
+            return
+        atexit.register(_remove_marker, marker, time.monotonic())
         return
     deadline = time.monotonic() + SAID_BY_RANK_ZERO_WAIT
     while time.monotonic() < deadline:
@@ -63,6 +67,43 @@ def _marker() -> Path | None:
         return None
     host = os.environ.get("MASTER_ADDR", "").replace("/", "_")
     return Path(tempfile.gettempdir()) / f"lit-gpt-error-{host}-{port}.json"
+
+
+# Run detached at rank 0's exit: sleep, then remove the marker if it is still rank 0's.
+_REMOVE_LATER = """
+import json, os, sys, time
+path, pid, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+time.sleep(delay)
+try:
+    if json.load(open(path, encoding="utf-8")).get("pid") == pid:
+        os.unlink(path)
+except (OSError, ValueError):
+    pass
+"""
+
+
+def _remove_marker(marker: Path, written: float) -> None:
+    """At rank 0's exit: leave the marker as long as the other ranks may look for it, then remove it, so the temp
+    folder keeps no litter however the run ends (a SIGKILL's marker is swept by the next report). A detached process
+    waits, not rank 0: Lightning's launcher kills a job whose rank 0 lingers after its other ranks were ended."""
+    delay = max(0.0, SAID_BY_RANK_ZERO_WAIT - (time.monotonic() - written))
+    try:
+        subprocess.Popen(
+            [sys.executable, "-c", _REMOVE_LATER, str(marker), str(os.getpid()), f"{delay:.2f}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    except OSError:
+        pass
+
+
+def _remove_stale_markers(folder: Path) -> None:
+    """Markers no rank can still be waiting for (older than a minute): those of killed jobs."""
+    for path in folder.glob("lit-gpt-error-*.json"):
+        try:
+            if time.time() - path.stat().st_mtime > 60:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def _said_by_my_rank_zero(marker: Path, message: str) -> bool:

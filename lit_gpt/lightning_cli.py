@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
@@ -33,6 +33,7 @@ from lit_gpt.loss_guard import LossGuard
 from lit_gpt.malloc import reuse_freed_memory
 from lit_gpt.parallel import FSDP2, register_fsdp2
 from lit_gpt.resume import ExactResume, RunCheckpoint, check_ckpt_path, prepare_run
+from lit_gpt.tensorboard import RunLogger
 from lit_gpt.validation import NO_GPU_HINT, check_fit_config
 
 
@@ -56,8 +57,6 @@ class LitGPTCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(SampleText, "sample")
         parser.add_lightning_class_args(ExactResume, "resume")
@@ -128,6 +127,9 @@ class LitGPTCLI(LightningCLI):
             if not _raised_by_lightning(e):  # torch's or a plugin's own failure: a bug, keep its traceback
                 raise
             raise trainer_error(e) from e
+        for logger in trainer.loggers:
+            if isinstance(logger, RunLogger):
+                logger.number_steps_by(trainer)
         return trainer
 
 
@@ -198,7 +200,7 @@ def remove_refused_run(run: Path, top: Path) -> None:
 def _trainer_defaults() -> dict:
     return {
         "logger": {
-            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "class_path": "lit_gpt.tensorboard.RunLogger",
             "init_args": {"save_dir": "runs", "name": "lit-gpt", "default_hp_metric": False},
         },
         "max_steps": 2000,
@@ -206,7 +208,8 @@ def _trainer_defaults() -> dict:
         "check_val_every_n_epoch": None,
         "gradient_clip_val": 1.0,
         "log_every_n_steps": 10,
-        "num_sanity_val_steps": 0,
+        # -1: validate once before the first step (logged at step 0, as nanoGPT evaluates at iter 0); 0 turns it off.
+        "num_sanity_val_steps": -1,
         # The data module gives each rank its own slice of the global batch; Lightning's sampler would reshuffle.
         "use_distributed_sampler": False,
     }

@@ -44,6 +44,7 @@ from lit_gpt.optim import (
     configure_adamw,
     configure_muon,
     describe_split,
+    learning_rates,
     muon_split,
     warmup_cosine,
     warmup_stable_decay,
@@ -307,6 +308,9 @@ class LitGPT(L.LightningModule):
         trainer = self.trainer
         if micro == accumulate - 1 and (should_update_logs(trainer) or trainer.fast_dev_run):
             self.log("train/loss", self._step_loss / (micro + 1), prog_bar=True, sync_dist=trainer.world_size > 1)
+            # The rate(s) this step is taken with: the scheduler moves them after the optimizer step.
+            rates = learning_rates(self.optimizers())
+            self.log_dict({f"train/{k}": v for k, v in rates.items()}, rank_zero_only=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -347,7 +351,19 @@ class LitGPT(L.LightningModule):
             self.val_bytes.reset()
             if n_bytes > 0:
                 metrics["val/bpb"] = nats / (math.log(2) * n_bytes)
+        if self.trainer.sanity_checking:
+            # The validation before the first step (--trainer.num_sanity_val_steps -1, the default, as nanoGPT's
+            # eval at iter 0): Lightning logs nothing while sanity checking, so it goes to the loggers here.
+            if self.trainer.global_step == 0 and math.isinf(self.trainer.num_sanity_val_steps):
+                for logger in self.loggers:
+                    logger.log_metrics({k: v.item() for k, v in metrics.items()}, step=0)
+            return
         self.log_dict(metrics, prog_bar=True, sync_dist=False)
+
+    def on_fit_start(self) -> None:
+        # A resumed run validated at its start already: no second validation at the step it resumes from.
+        if self.trainer.ckpt_path is not None:
+            self.trainer.num_sanity_val_steps = 0
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

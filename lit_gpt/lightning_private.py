@@ -32,11 +32,6 @@ def accumulating(trainer: L.Trainer) -> bool:
     return trainer.fit_loop._should_accumulate()
 
 
-def batches_that_stepped(trainer: L.Trainer) -> int:
-    """The step number Lightning's own logging uses for the metrics of the current step."""
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
-
-
 def kill_launched_ranks(trainer: L.Trainer) -> None:
     """End the ranks this process launched (DDP on one machine), when rank 0 stops alone on a problem only it met:
     they would otherwise wait in a collective and die with a traceback each."""

@@ -147,3 +147,14 @@ def warmup_stable_decay(
         return min_ratio
     progress = (step - cooldown_start) / max(1, decay_steps - cooldown_start)
     return 1.0 - progress * (1.0 - min_ratio)
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rate each optimizer is stepping with, named for it: ``lr`` for AdamW alone, ``lr_muon`` and
+    ``lr_adamw`` with Muon (AdamW's decay and no-decay groups share one rate: one figure)."""
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        rates.setdefault("muon" if group.get("name") == "muon" else "adamw", float(group["lr"]))
+    if set(rates) == {"adamw"}:
+        return {"lr": rates["adamw"]}
+    return {f"lr_{name}": lr for name, lr in rates.items()}

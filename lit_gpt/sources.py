@@ -287,10 +287,38 @@ def resolve(
                 )
         else:
             files = [str(p)]
+    return files_source(spec, files, text_field)
+
+
+def files_source(spec: str, files: list[str] | tuple[str, ...], text_field: str = "text") -> Source:
+    """A ``Source`` over the given local files of ``spec``, all of one type."""
     builders = {BUILDERS.get(Path(f).suffix.lower(), "text") for f in files}
     if len(builders) > 1:
         raise LitGPTError(f"data source {spec!r} mixes file types ({', '.join(sorted(builders))}): use one type")
     return Source(spec, "files", builder=builders.pop(), files=tuple(files), text_field=text_field)
+
+
+def folder_splits(spec: str) -> dict[str, tuple[str, ...]] | None:
+    """The files of each split of a local folder laid out like a Hub dataset (files or folders named ``train*``,
+    ``validation*``/``valid*``/``val*``/``dev*``, ``test*``/``eval*``), as ``datasets.load_dataset(folder)`` splits
+    them; None for anything else, a folder without split names included."""
+    p = Path(spec).expanduser()
+    if spec.startswith("hf:") or any(c in spec for c in "*?[") or not p.is_dir():
+        return None
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(p))
+        found = DataFilesDict.from_patterns(patterns, base_path=str(p))
+    except Exception:  # no data files at all: resolve() says so
+        return None
+    splits = {
+        str(split): tuple(sorted(f for f in files if Path(f).suffix.lower() in BUILDERS and "/." not in f))
+        for split, files in found.items()
+    }
+    if list(splits) == ["train"] and list(patterns["train"]) == ["**"]:  # datasets' layout for "no split names"
+        return None
+    return {split: files for split, files in splits.items() if files}
 
 
 class _JsonParseLogs(logging.Filter):

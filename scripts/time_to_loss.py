@@ -2,7 +2,7 @@
 whole validation split (every token once: ``--data.val_batches 0``) every ``--eval_every`` steps, for several
 seeds, and reports for each arm the steps, tokens and training seconds to first reach ``--target`` val loss.
 
-Training seconds are Lightning's ``train/time`` (validation excluded), with the first logging interval, which
+Training seconds are the run's ``train/seconds`` (validation excluded), with the first logging interval, which
 holds compilation and warm-up, replaced by the steady step time; that overhead and the process's start-up are
 reported apart. Runs go one after another, seeds interleaved across arms, so a noisy machine slows every arm alike.
 
@@ -67,6 +67,7 @@ def run_arm(arm: str, args: list[str], seed: int, eval_every: int, log_every: in
         "--trainer.log_every_n_steps", str(log_every), "--trainer.logger.init_args.save_dir", str(workdir),
         "--trainer.logger.init_args.name", name, "--trainer.enable_progress_bar", "false",
         "--sample.max_new_tokens", "0", "--throughput.measure_cpu_peak", "false",
+        "--trainer.num_sanity_val_steps", "0",  # no exact validation before the first step: it reaches no target
     ]  # fmt: skip
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -74,21 +75,13 @@ def run_arm(arm: str, args: list[str], seed: int, eval_every: int, log_every: in
     if r.returncode != 0:
         raise SystemExit(f"time_to_loss: arm {arm!r} (seed {seed}) failed: {r.stderr.strip().splitlines()[-1:]}")
     s = tensorboard_scalars(workdir / name / "version_0")
-    times, lengths = after_step(s["train/time"], log_every), after_step(s["train/lengths"], log_every)
+    times, tokens = s["train/seconds"], s["train/tokens"]
     # The first interval holds compilation and warm-up: count it at the median interval's pace instead.
     paces = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(times[1:], times[2:], strict=False)]
     pace = statistics.median(paces) if paces else times[0][1] / times[0][0]
     overhead = max(0.0, times[0][1] - pace * times[0][0])
     train_s = [(step, t - overhead) for step, t in times]
-    return Run(arm, seed, after_step(s["val/loss"], eval_every), train_s, lengths, overhead, wall)
-
-
-def after_step(series: list[tuple[int, float]], every: int) -> list[tuple[int, float]]:
-    """Number each reading by the optimizer steps done when it was taken: Lightning logs the reading that follows
-    step 20 at step 19."""
-    if series and all((step + 1) % every == 0 for step, _ in series):
-        return [(step + 1, value) for step, value in series]
-    return series
+    return Run(arm, seed, s["val/loss"], train_s, tokens, overhead, wall)
 
 
 def first_reach(run: Run, target: float) -> dict[str, float]:
@@ -164,7 +157,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
         help="the val loss to reach, or an arm's name: that arm's final val loss (mean of seeds)",
     )
     parser.add_argument("--eval_every", type=int, default=100, help="steps between exact validations")
-    parser.add_argument("--log_every", type=int, default=10, help="steps between train/time readings")
+    parser.add_argument("--log_every", type=int, default=10, help="steps between train/seconds readings")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337])
     parser.add_argument("--write", action="store_true", help="write docs/speedrun.md's section and its plot")
     parser.add_argument("--section", default="Time to loss", help="the heading of the section --write replaces")

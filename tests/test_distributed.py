@@ -49,8 +49,8 @@ def losses(run_dir) -> list[float]:
     return [v for _, v in scalars(run_dir)["train/loss"]]
 
 
-def start(corpus, cwd, name: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, **ONE_THREAD}
+def start(corpus, cwd, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, **ONE_THREAD, **(env or {})}
     cmd = [sys.executable, "-m", "lit_gpt.cli", *fit_args(corpus, name, *extra)]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -132,12 +132,12 @@ def test_muon_trains_the_same_curve_on_ddp_fsdp_and_with_accumulation(muon_runs,
 
 
 def test_throughput_counts_each_ranks_flops_once(runs):
-    # FLOP/s per token/s, per device, as the throughput monitor logs them, is the model's FLOPs per token on one
-    # process and on two ranks alike (counting the global batch's FLOPs on each rank would double MFU).
+    # FLOP/s per token/s, all ranks together, as the throughput monitor logs them, is the model's FLOPs per token
+    # on one process and on two ranks alike (counting the global batch's FLOPs on each rank would double MFU).
     model, _, _ = load_model(runs / "single" / "version_0" / "checkpoints" / "last.ckpt")
     for name in ("single", "ddp"):
         s = scalars(runs / name / "version_0")
-        flops, tokens = s["train/device/flops_per_sec"][-1][1], s["train/device/items_per_sec"][-1][1]
+        flops, tokens = s["train/model_flops_per_sec"][-1][1], s["train/tokens_per_sec"][-1][1]
         assert flops / tokens == pytest.approx(model.flops_per_token(), rel=1e-3), name
 
 
@@ -145,17 +145,25 @@ def test_a_problem_every_rank_meets_is_reported_once(tmp_path, corpus):
     # Both ranks see the loss diverge (they decide together) and stop with the same message: one line, not two.
     diverge = ["--model.learning_rate", "1000", "--trainer.gradient_clip_val", "0", "--trainer.val_check_interval", "4"]
     ddp = ["--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    p = start(corpus, tmp_path, "nan", *ddp, *diverge)
+    temp = tmp_path / "temp"  # the system temp folder of this job: the ranks agree through a file there
+    temp.mkdir()
+    (temp / "lit-gpt-error-127.0.0.1-1.json").write_text("{}")  # a killed job's, long ago
+    os.utime(temp / "lit-gpt-error-127.0.0.1-1.json", (time.time() - 3600,) * 2)
+    p = start(corpus, tmp_path, "nan", *ddp, *diverge, env={"TMPDIR": str(temp)})
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("lit-gpt: error")]
     assert len(lines) == 1 and "the training loss became" in lines[0], err[-3000:]
+    deadline = time.monotonic() + 10  # rank 0's marker stays for SAID_BY_RANK_ZERO_WAIT after it spoke
+    while list(temp.glob("*lit-gpt-error-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not list(temp.glob("*lit-gpt-error-*")), "the job left its marker (or a dead job's) in the temp folder"
 
 
 def test_global_batch_tokens_derives_accumulation_and_validation_counts_optimizer_steps(runs):
-    # Accumulation 2 from the tokens, and val_check_interval 5 means after optimizer steps 5 and 10 (logged as
-    # steps 4 and 9, Lightning's logging step being 0-based), not after every 5 micro-batches (4 validations).
-    assert [step for step, _ in scalars(runs / "tokens" / "version_0")["val/loss"]] == [4, 9]
+    # Accumulation 2 from the tokens, and val_check_interval 5 means after optimizer steps 5 and 10 (and the
+    # validation before the first step), not after every 5 micro-batches (4 validations).
+    assert [step for step, _ in scalars(runs / "tokens" / "version_0")["val/loss"]] == [0, 5, 10]
     hparams = (runs / "tokens" / "version_0" / "config.yaml").read_text()
     assert "tokens: 512" in hparams
 

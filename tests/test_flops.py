@@ -61,7 +61,7 @@ def test_a_gpu_lightning_knows_keeps_lightnings_peak(monkeypatch):
 
 
 def test_the_throughput_monitor_logs_mfu_on_an_h200(monkeypatch, recwarn):
-    """The fit's MFU (train/device/mfu) needs the peak: Lightning's own monitor has none for an H200."""
+    """The fit's MFU (train/mfu) needs the peak: Lightning's own monitor has none for an H200."""
     from types import SimpleNamespace
 
     from lightning.pytorch.plugins.precision import MixedPrecision

@@ -282,6 +282,11 @@ CASES = {
         "the Trainer refused its settings: Requirement 'torch_xla",
         skip="torch_xla is installed" if XLA else None,
     ),
+    "unwritable-runs": Case(
+        "a run folder that cannot be written (read-only or full disk; here a file stands where the folder goes)",
+        lambda t, c, g: fit(str(c), "--trainer.logger.init_args.save_dir", str(_file_in_the_way(t))),
+        "cannot write the run's TensorBoard events under",
+    ),
     "other-shape": Case(
         "a checkpoint from another model shape",
         lambda t, c, g: fit(str(c), "--ckpt_path", str(g), "--model.config.n_layer", "3"),
@@ -312,6 +317,11 @@ def test_bad_input_ends_in_one_clear_line(name, tmp_path, corpus, trained):
     assert not [p for p in after if ".tmp" in p.name or p.suffix == ".ckpt"], sorted(after)
     assert not list(tmp_path.glob("runs/**/version_*")), sorted(after)  # no run folder left by a refused start
     record(case.row, "lit-gpt " + shlex.join(_shown(args)), r.returncode, lines[0])
+
+
+def _file_in_the_way(work: Path) -> Path:
+    (work / "runs").write_text("not a folder")
+    return work / "runs"
 
 
 def _shown(args: list[str]) -> list[str]:

@@ -98,6 +98,35 @@ def test_a_separate_validation_source(tmp_path, corpus):
         prepare(str(corpus), "char", tmp_path / "c", val_split="validation")  # it would validate on the training text
 
 
+def test_a_folder_laid_out_like_a_hub_dataset_gives_its_splits(tmp_path, corpus):
+    # train*, validation*, test* files, as datasets.load_dataset(folder) splits them: validation is never trained on,
+    # test is left out, and fit says so in one line.
+    text = corpus.read_text()
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "train.txt").write_text(text[:20_000])
+    (folder / "validation.txt").write_text(text[20_000:23_000])
+    (folder / "test.txt").write_text(text[23_000:25_000])
+    meta, tok, ids = tokens(prepare(str(folder), "char", tmp_path / "c"))
+    assert meta["tokens"] == {"train": 20_000, "val": 3_000}
+    assert tok.decode(ids[20_000:]) == text[20_000:23_000]
+    r = run_cli("fit", "--data.source", str(folder), "--trainer.max_steps", "1", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    note = "is split by file name: training on its 1 train* file, validating on its 1 validation* file; 1 test* file"
+    assert note in r.stdout, r.stdout[-2000:]
+    # A folder without split names: today's last 10%, saying so.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.txt").write_text(text[:20_000])
+    (plain / "b.txt").write_text(text[20_000:23_000])
+    r = run_cli("fit", "--data.source", str(plain), "--trainer.max_steps", "1", *TINY, cwd=tmp_path)
+    assert r.returncode == 0 and "has no files named train*/validation*: validating on the last 10%" in r.stdout
+    # Validation and test files but no training files: one line saying how to name them.
+    (folder / "train.txt").unlink()
+    with pytest.raises(LitGPTError, match="has validation\\* files and test\\* files but none named train"):
+        prepare(str(folder), "char", tmp_path / "c")
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
