@@ -9,6 +9,7 @@ A local path always wins over a name, so a folder called ``gpt2`` is read as a f
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from lit_gpt.errors import LitGPTError, first_line
@@ -38,6 +39,19 @@ def resolve(name: str) -> Path:
     return _download(*found)
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def offline_mode(*variables: str) -> str | None:
+    """``NAME=VALUE`` of the Hugging Face offline switch that is on (of ``variables``, default all), else None: a
+    user who turned it on wants to hear how to provide the files, not to check the network."""
+    for name in variables or OFFLINE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{name}={value}"
+    return None
+
+
 @functools.lru_cache(maxsize=8)  # the CLI resolves the same name for the tokenizer and then the weights
 def _download(repo: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
@@ -58,6 +72,12 @@ def _download(repo: str, revision: str | None) -> Path:
     except GatedRepoError:
         raise LitGPTError(f"{where!r} is gated on the Hugging Face Hub: accept its terms and set HF_TOKEN") from None
     except Exception as e:  # no network and nothing cached, a proxy, a full disk...
+        if offline := offline_mode("HF_HUB_OFFLINE"):
+            raise LitGPTError(
+                f"offline mode is on ({offline}) and {where!r} is not in the local Hugging Face cache: on a machine "
+                f"with network run `hf download {repo}` and copy its cache (HF_HUB_CACHE) here, give the path of a "
+                "local copy of the folder, or unset HF_HUB_OFFLINE to download it"
+            ) from None
         raise LitGPTError(
             f"could not download {where!r} from the Hugging Face Hub and it is not in the local cache "
             f"({first_line(e)}): check the network, or download the folder on another machine and give its path"

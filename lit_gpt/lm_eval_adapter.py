@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from lit_gpt.errors import LitGPTError, first_line
 from lit_gpt.generate import generate_tokens
+from lit_gpt.hub import offline_mode
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
 
@@ -180,6 +181,12 @@ def run_tasks(
     except Exception as e:  # a task's dataset that cannot be had is the user's to fix; anything else is a bug
         if not _from_downloads(e):
             raise
+        if offline := offline_mode("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+            raise LitGPTError(
+                f"offline mode is on ({offline}) and a task's dataset is not in the datasets cache "
+                f"({first_line(e)}): run the task once on a machine with network and copy HF_DATASETS_CACHE here, "
+                "point the task's YAML at local files (--tasks_dir), or unset the variable"
+            ) from None
         raise LitGPTError(
             f"could not load a task's dataset ({first_line(e)}): lm-eval fetches them from the Hugging Face Hub, so "
             "connect or run once where you can (they are cached in HF_DATASETS_CACHE)"

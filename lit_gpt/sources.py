@@ -34,6 +34,7 @@ from typing import Any
 
 from lit_gpt.corpus import download_tinyshakespeare, read_text_file, shakespeare_documents
 from lit_gpt.errors import LitGPTError
+from lit_gpt.hub import offline_mode
 
 BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 BUILTIN = ("shakespeare", "tinyshakespeare")
@@ -217,6 +218,13 @@ class Source:
         msg = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         if not msg:
             msg = "it holds no rows" if isinstance(cause, StopIteration) else type(cause).__name__
+        offline = offline_mode("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+        if self.kind == "hub" and offline:
+            return LitGPTError(
+                f"offline mode is on ({offline}) and {what} {self.spec!r} is not in the datasets cache (data/hf): "
+                "load it once on a machine with network and copy its cache (data/hf) here, give a local copy "
+                f"(--data.source PATH), or unset {offline.split('=')[0]} to download it"
+            )
         if self.kind == "hub" and ("Couldn't reach" in msg or "LocalEntryNotFound" in msg or "onnection" in msg):
             msg += (
                 ": check the network, or load it once on a machine with network and copy its cache (data/hf) here, "

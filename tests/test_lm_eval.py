@@ -137,7 +137,7 @@ def test_task_mistakes_end_in_one_line(tmp_path, monkeypatch):
     line = one_error_line(run_cli(*args, "--tasks", "tiny_mc,hellaswag_typo", cwd=tmp_path, env=OFFLINE))
     assert "no task 'hellaswag_typo'" in line and "lm-eval ls tasks" in line
     line = one_error_line(run_cli(*args, "--tasks", "tiny_hub", cwd=tmp_path, env=OFFLINE))
-    assert "could not load a task's dataset" in line
+    assert "offline mode is on (HF_DATASETS_OFFLINE=1) and a task's dataset is not in the datasets cache" in line
     line = one_error_line(run_cli(*args[:3], "--tasks", "tiny_mc", "--tasks_dir", "nowhere", cwd=tmp_path))
     assert "--tasks_dir 'nowhere' is not a folder" in line
     line = one_error_line(run_cli(*args, "--tasks", "tiny_mc", "--limit", "0", cwd=tmp_path))

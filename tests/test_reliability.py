@@ -246,7 +246,7 @@ CASES = {
     "hub-offline": Case(
         "a Hub model name with no network and no cached copy",
         lambda t, c, g: ["generate", "--checkpoint", "hf:someone/gpt2-poetry"],
-        "could not download 'someone/gpt2-poetry' from the Hugging Face Hub",
+        "offline mode is on (HF_HUB_OFFLINE=1) and 'someone/gpt2-poetry' is not in the local Hugging Face cache",
     ),
     "hub-bad-name": Case(
         "a malformed Hub model name",
