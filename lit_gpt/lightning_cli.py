@@ -32,7 +32,7 @@ from lit_gpt.lightning_private import kill_launched_ranks
 from lit_gpt.loss_guard import LossGuard
 from lit_gpt.malloc import reuse_freed_memory
 from lit_gpt.parallel import FSDP2, register_fsdp2
-from lit_gpt.resume import ExactResume, RunCheckpoint, check_ckpt_path, prepare_run
+from lit_gpt.resume import ExactResume, RunCheckpoint, check_ckpt_path, lost_rank_error, prepare_run
 from lit_gpt.tensorboard import RunLogger
 from lit_gpt.validation import NO_GPU_HINT, check_fit_config
 
@@ -99,7 +99,12 @@ class LitGPTCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         self._new_run_folder = None
         try:
-            super()._run_subcommand(subcommand)
+            try:
+                super()._run_subcommand(subcommand)
+            except Exception as e:  # a rank that died mid-run: the survivors' collectives lose their peer
+                if (lost := lost_rank_error(self.trainer, e)) is None:
+                    raise
+                raise lost from None
         except LitGPTError:
             # A start refused before the first step (e.g. a checkpoint of another vocabulary) leaves no run folder
             # behind: the logger and the config saver write theirs before the model's checks run.

@@ -8,7 +8,8 @@ Beside the functions here, three classes override Lightning's private methods, n
 - ``LitGPTCLI`` (``lit_gpt.lightning_cli``): ``_parse_ckpt_path`` (check ``--ckpt_path`` before anything is built),
   ``_run_subcommand`` (clean up a refused start), ``_instantiate_trainer`` (drop callbacks a flag turned off).
 - ``RunCheckpoint`` (``lit_gpt.resume``): calls ModelCheckpoint's ``_should_skip_saving_checkpoint``,
-  ``_should_save_on_train_epoch_end``, ``_save_last_checkpoint`` and ``_monitor_candidates``.
+  ``_should_save_on_train_epoch_end``, ``_save_last_checkpoint`` and ``_monitor_candidates``, and reads
+  ``_every_n_train_steps``.
 - ``ProgressBar`` (``lit_gpt.callbacks``): ``_get_train_description``.
 - ``FSDP2Strategy`` (``lit_gpt.parallel``): sets ``_data_parallel_size`` once the devices are known.
 """
@@ -32,15 +33,36 @@ def accumulating(trainer: L.Trainer) -> bool:
     return trainer.fit_loop._should_accumulate()
 
 
+def validation_follows(trainer: L.Trainer) -> bool:
+    """In ``on_train_batch_end``: whether the loop validates right after this batch (Lightning's own test)."""
+    loop = trainer.fit_loop
+    return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+
+
+def launched_ranks(trainer: L.Trainer) -> list[Any]:
+    """The ``subprocess.Popen`` of each rank this process launched (Lightning's DDP launcher on one machine: rank
+    ``i + 1`` is item ``i``); empty anywhere else (a launched rank, torchrun, SLURM)."""
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    return list(launcher.procs) if isinstance(launcher, _SubprocessScriptLauncher) and trainer.is_global_zero else []
+
+
 def kill_launched_ranks(trainer: L.Trainer) -> None:
     """End the ranks this process launched (DDP on one machine), when rank 0 stops alone on a problem only it met:
     they would otherwise wait in a collective and die with a traceback each."""
-    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+    import threading
+
     from lightning.pytorch.trainer.connectors.signal_connector import _get_sigkill_signal
 
-    launcher = trainer.strategy.launcher
-    if isinstance(launcher, _SubprocessScriptLauncher) and trainer.is_global_zero:
-        launcher.kill(_get_sigkill_signal())
+    if not launched_ranks(trainer):
+        return
+    # Lightning's child-process observer SIGKILLs this process too once it sees a child die: rank 0 is stopping
+    # with its own line and exit code, so the observer's next look finds nothing to do.
+    for thread in threading.enumerate():
+        if thread.name == "child-process-observer" and hasattr(thread, "_run"):
+            thread._run = lambda: True
+    trainer.strategy.launcher.kill(_get_sigkill_signal())
 
 
 def cluster_environment(trainer: L.Trainer) -> Any:

@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,11 @@ from lit_gpt.checkpoints.sharded import (
 from lit_gpt.errors import LitGPTError
 from lit_gpt.lightning_private import (
     cluster_environment,
+    launched_ranks,
     logger_started,
     saves_distributed_checkpoint,
     set_logger_version,
+    validation_follows,
 )
 from lit_gpt.nanogpt import is_nanogpt
 from lit_gpt.parallel import FSDP2, FSDP2Strategy
@@ -228,6 +231,16 @@ class RunCheckpoint(ModelCheckpoint):
         if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # A save every N steps (--checkpoint.every_n_train_steps) at a step that validates next waits for the
+        # validation's own save (below): saved before it, a resumed run would skip that validation (Lightning counts
+        # it as done), and the data loader it starts draws from the random stream, so the curves would part.
+        if self._every_n_train_steps and validation_follows(trainer):
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         # Skips itself when the step was saved already (a best-k save writes last.ckpt with it).
@@ -372,3 +385,39 @@ def _resumes_sharded(config: Any) -> bool | None:
         init_args = strategy.get("init_args") if hasattr(strategy, "get") else None
         return bool((init_args or {}).get("save_distributed_checkpoint", True))
     return False if class_path.rsplit(".", 1)[-1].startswith(("DDP", "SingleDevice")) else None
+
+
+# What the surviving ranks' collectives raise when a peer process is gone (gloo on CPUs, NCCL on GPUs).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_rank_error(trainer: L.Trainer, error: BaseException) -> LitGPTError | None:
+    """The one line for a rank that died mid-run (killed, out of memory): which rank, at what step, and how to resume;
+    None when ``error`` is not a collective that lost its peer."""
+    e: BaseException | None = error
+    while e is not None and not (isinstance(e, RuntimeError) and any(k in str(e) for k in PEER_LOST)):
+        e = e.__cause__ or e.__context__
+    if e is None:
+        return None
+    dead = []
+    procs = launched_ranks(trainer)
+    deadline = time.monotonic() + 2  # the dead rank's exit status may lag its closed sockets
+    while procs and not dead and time.monotonic() < deadline:
+        dead = [(i + 1, p.returncode) for i, p in enumerate(procs) if p.poll() is not None and p.returncode != 0]
+        time.sleep(0.05)
+    who = ", ".join(f"rank {rank} ({_how_it_ended(code)})" for rank, code in dead) or "another rank (or its node)"
+    saved = [getattr(cb, "last_model_path", "") for cb in trainer.checkpoint_callbacks] + [str(trainer.ckpt_path or "")]
+    last = next((p for p in saved if p and Path(p).exists()), None)
+    kept = f"the last checkpoint, {last}, is kept" if last else "no checkpoint had been saved yet"
+    return LitGPTError(
+        f"{who} died at step {trainer.global_step}, so the job stopped; {kept}: run the same command with "
+        "--ckpt_path last to resume"
+    )
+
+
+def _how_it_ended(code: int) -> str:
+    if code == -signal.SIGKILL:
+        return "killed: SIGKILL, e.g. by the out-of-memory killer"
+    if code < 0:
+        return f"killed: {signal.Signals(-code).name}"
+    return f"exit code {code}"

@@ -373,3 +373,34 @@ def test_slurm_script_launches_ranks_and_requeues_after_saving_on_sigusr1(tmp_pa
     steps = [step for step, _ in scalars(events)["train/loss"]]
     assert len(steps) == 3 and steps[0] in (saved_step, saved_step + 1)  # on from the saved step, not from scratch
     assert steps == list(range(steps[0], steps[0] + 3))
+
+
+def test_a_rank_killed_mid_run_ends_the_job_in_one_line_and_it_resumes(tmp_path, corpus):
+    # SIGKILL (as the out-of-memory killer sends) to rank 1 during a DDP run: rank 0's collective loses its peer.
+    # The job ends within seconds, with one line naming the rank and how to resume, and a non-zero exit; then
+    # --ckpt_path last carries it to the end.
+    import psutil
+
+    ddp = ["--data.batch_size", str(B), "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    longer = ["--trainer.max_steps", "400", "--trainer.val_check_interval", "5", "--data.val_batches", "1"]
+    p = start(corpus, tmp_path, "killed", *ddp, *longer)
+    last = tmp_path / "runs" / "killed" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = psutil.Process(p.pid).children()
+    assert last.exists() and children, "the run never saved a checkpoint"
+    children[0].kill()
+    t0 = time.monotonic()
+    _, err = p.communicate(timeout=60)
+    assert time.monotonic() - t0 < 30 and p.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and "Connection" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("lit-gpt: error")]
+    assert len(lines) == 1, err[-3000:]
+    assert "rank 1 (killed: SIGKILL" in lines[0] and "--ckpt_path last to resume" in lines[0], lines[0]
+    assert str(last) in lines[0] or "runs/killed/version_0/checkpoints/last.ckpt" in lines[0], lines[0]
+    # Killed a few steps after the first checkpoint (step 5): resumed, it goes on to step 20 from that checkpoint.
+    resumed = start(corpus, tmp_path, "killed", *ddp, *longer[2:], "--trainer.max_steps", "20", "--ckpt_path", "last")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert scalars(last.parents[1])["train/loss"][-1][0] == 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -161,6 +162,21 @@ def test_a_signal_at_any_step_resumes_exactly(uninterrupted, corpus, tmp_path, s
     record(f"preemption: {sig.name} during step {step}", f"kill -{sig.name.removeprefix('SIG')} <pid>", 128 + sig, line)
     assert torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
     resumed = run_cli(*fit_args(corpus, 2 * N, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(run_dir(tmp_path)) == uninterrupted
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_a_run_killed_at_a_random_moment_resumes_onto_the_same_curve(uninterrupted, corpus, tmp_path, trial):
+    """SIGKILL (no handler runs) at a random moment while a checkpoint is saved every other step, possibly in the
+    middle of a save; --ckpt_path last then ends on the uninterrupted run's every train and val loss."""
+    every_other = ["--checkpoint.every_n_train_steps", "2"]
+    proc = start_fit([sys.executable, "-m", "lit_gpt.cli", *fit_args(corpus, 2 * N, *every_other)], tmp_path)
+    wait_for(run_dir(tmp_path) / "checkpoints" / "last.ckpt", proc)
+    time.sleep(random.Random(trial).uniform(0.0, 1.5))  # seeded: a failing trial can be run again
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    resumed = run_cli(*fit_args(corpus, 2 * N, *every_other, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert curves(run_dir(tmp_path)) == uninterrupted
 
