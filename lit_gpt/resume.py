@@ -128,6 +128,10 @@ class ExactResume(L.Callback):
         # Replaces Lightning's SIGTERM and SLURM-requeue SIGUSR1 handlers: they run collectives (a broadcast, a
         # checkpoint save) inside the handler, which deadlocks DDP ranks caught in another collective. Ours only
         # sets a flag; the ranks act on it together at the next step (and requeue as Lightning would).
+        if trainer.ckpt_path is not None:  # resumed: the curves go on from the checkpoint's step
+            for logger in trainer.loggers:
+                if hasattr(logger, "restarted_at"):
+                    logger.restarted_at(trainer.global_step)
         if not self.save_on_signal:
             return
         self._received = None

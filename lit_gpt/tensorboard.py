@@ -11,7 +11,8 @@ So a run logs three groups and nothing else:
 
 Lightning's ``epoch`` counter (always 0 in a run measured in steps) is not written. Every figure is logged at the
 optimizer steps done when it was measured, as checkpoints and the progress bar count them: step 10's loss at 10
-(Lightning's own numbering says 9), a validation after step 40 at 40, the one before training at 0.
+(Lightning's own numbering says 9), a validation after step 40 at 40, the one before training at 0. A resumed run
+purges from the view what the interrupted one logged after its checkpoint.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class RunLogger(TensorBoardLogger):
     def number_steps_by(self, trainer: L.Trainer) -> None:
         """Log every figure at ``trainer.global_step`` (the optimizer steps done), whatever step Lightning passes."""
         self._trainer = trainer
+
+    @rank_zero_only
+    def restarted_at(self, step: int) -> None:
+        """A resumed run continues from ``step``: what a killed run logged after it is purged from the view (the
+        TensorFlow SessionLog.START event TensorBoard reads for this), so no step shows twice."""
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        for writer in (self.experiment, *(self._side_run(name) for name in BOTH_ON_ONE_CHART.values())):
+            # torch's SummaryWriter (and tensorboardX's) writes raw events through its file writer
+            writer._get_file_writer().add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:

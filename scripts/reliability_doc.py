@@ -62,6 +62,25 @@ GUARANTEES = [
         "test_killed_mid_save_keeps_the_previous_checkpoint (SIGKILL during a save)",
     ),
     (
+        "killed at any moment",
+        "SIGKILL (no handler runs) at a random moment while a checkpoint is saved every other step, a save "
+        "included: `--ckpt_path last` ends on the uninterrupted run's every train and val loss. A save every N "
+        "steps at a step that validates next waits for the validation's save, so a resume never skips a validation",
+        "test_a_run_killed_at_a_random_moment_resumes_onto_the_same_curve (3 seeded trials)",
+    ),
+    (
+        "a DDP rank dies",
+        "a rank killed mid-run (SIGKILL, the out-of-memory killer): the job ends within seconds, exit 2, with one "
+        "line naming the rank, the step and the last checkpoint, and saying to resume with `--ckpt_path last`; "
+        "resumed, it runs on (tests/test_distributed.py)",
+        "test_a_rank_killed_mid_run_ends_the_job_in_one_line_and_it_resumes",
+    ),
+    (
+        "an unwritable run folder",
+        "a read-only or full disk, or a file where the folder goes: one line naming the folder, before any step",
+        "test_bad_input_ends_in_one_clear_line[unwritable-runs]",
+    ),
+    (
         "a full disk",
         "a save that cannot be written (no space left, a quota, an I/O error) leaves the previous checkpoint whole "
         "and no temporary file, and ends in one line saying so and how to resume; under DDP rank 0 (the only rank "
