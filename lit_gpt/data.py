@@ -460,6 +460,8 @@ def prepare_cli(args: list[str]) -> None:
     cfg = parser.parse_args(args)
     dm = TextDataModule(**cfg.data.as_dict())
     out = dm.prepare()
-    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    meta = dm.meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    if note := dm.splits_note():
+        print(note)
     counts = ", ".join(f"{split} {n:,} tokens" for split, n in meta["tokens"].items())
     print(f"{out}: {counts} ({meta['tokenizer']['kind']} tokenizer, {meta['dtype']})")

@@ -114,6 +114,8 @@ def test_a_folder_laid_out_like_a_hub_dataset_gives_its_splits(tmp_path, corpus)
     assert r.returncode == 0, r.stderr[-2000:]
     note = "is split by file name: training on its 1 train* file, validating on its 1 validation* file; 1 test* file"
     assert note in r.stdout, r.stdout[-2000:]
+    r = run_cli("prepare", "--data.source", str(folder), cwd=tmp_path)
+    assert r.returncode == 0 and note in r.stdout and "train 20,000 tokens, val 3,000 tokens" in r.stdout, r.stdout
     # A folder without split names: today's last 10%, saying so.
     plain = tmp_path / "plain"
     plain.mkdir()
