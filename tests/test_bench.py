@@ -190,3 +190,15 @@ def test_time_to_loss_reports_the_first_exact_validation_under_the_target(tmp_pa
     text = doc.read_text()
     assert "hand-written text that stays" in text and "## Tiny" in text and "adamw's final val loss" in text
     assert "| adamw |" in text and "| muon |" in text and (tmp_path / "speedrun_tiny.png").stat().st_size > 10_000
+
+
+def test_bench_precision_times_float32_and_bf16_steps_from_the_runs_own_clock(tmp_path, corpus, monkeypatch):
+    import bench_precision
+
+    monkeypatch.chdir(tmp_path)
+    ms = bench_precision.main([
+        "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), "--steps", "10", "--log_every", "2",
+        "--rounds", "1", *TINY, "--data.source", str(corpus),
+    ])  # fmt: skip
+    assert set(ms) == {"32-true", "bf16-mixed"}
+    assert all(0 < v < 10_000 for v in ms.values()), ms  # a broken clock reads 0 or the whole run's start-up
