@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from lit_gpt.errors import LitGPTError
 from lit_gpt.fused_loss import IGNORE_INDEX
 from lit_gpt.prepare import encode_document, prepare
-from lit_gpt.sources import Source, resolve
+from lit_gpt.sources import Source, split_sources
 from lit_gpt.tokenizer import CharTokenizer, PlaceholderCharTokenizer, Tokenizer
 from lit_gpt.tokenizer_spec import TokenizerSpec, load_tokenizer, tokenizer_from_dict
 
@@ -421,7 +421,10 @@ class TextDataModule(L.LightningDataModule):
 
     def _train_windows(self, share: Share) -> IterableDataset:
         if self.meta.get("streaming"):
-            source = resolve(self.source, self.text_field, self.subset, self.split, self.cache_dir)
+            kw = self.prepare_kwargs
+            source, _, _ = split_sources(
+                self.source, self.text_field, self.subset, self.split, self.cache_dir, kw["val_source"], kw["val_split"]
+            )  # a split folder streams its train* files only
             return StreamingWindows(source, self.tokenizer, self.cache_dir, self.meta["skip_documents"], share)
         windows = PermutedWindows if self.sampling == "permutation" else RandomWindows
         return windows(*self._split("train"), share)

@@ -29,7 +29,7 @@ import numpy as np
 
 from lit_gpt.bpe import BPETokenizer, HFTokenizer
 from lit_gpt.errors import LitGPTError
-from lit_gpt.sources import Source, files_source, folder_splits, resolve
+from lit_gpt.sources import Source, split_sources
 from lit_gpt.tokenizer import CharTokenizer, Tokenizer, UnknownCharactersError
 from lit_gpt.tokenizer_spec import TokenizerSpec, tokenizer_from_dict
 
@@ -61,21 +61,7 @@ def prepare(
     The arguments are those of ``TextDataModule``."""
     if val_split is not None and not (val_source or source).startswith("hf:"):
         raise LitGPTError("val_split names a split of an hf: dataset; for local files give --data.val_source PATH")
-    src = resolve(source, text_field, subset, split, cache_dir)
-    val = None
-    splits = folder_splits(source) if val_source is None and val_split is None else None
-    if splits is not None:  # a folder of train*/validation*/test* files: those splits, not a 10% cut of them all
-        if not splits.get("train"):
-            raise LitGPTError(
-                f"data source {source!r} has {' and '.join(f'{k}* files' for k in splits)} but none named train*: "
-                "name the training files train* (as datasets.load_dataset does), or give the training files as "
-                "--data.source and the validation files as --data.val_source"
-            )
-        src = files_source(source, splits["train"], text_field)
-        if splits.get("validation"):
-            val = files_source(source, splits["validation"], text_field)
-    if val_source is not None or val_split is not None:
-        val = resolve(val_source or source, text_field, subset, val_split or split, cache_dir)
+    src, val, splits = split_sources(source, text_field, subset, split, cache_dir, val_source, val_split)
     if isinstance(tokenizer, str):
         tokenizer = TokenizerSpec.parse(tokenizer)  # once: the functions below get the spec
     tok_key = tokenizer.to_dict() if isinstance(tokenizer, Tokenizer) else tokenizer.cache_key(bpe_vocab_size)

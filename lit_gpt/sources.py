@@ -448,3 +448,31 @@ def load_text(source: str, cache_dir: str | Path = "data") -> str:
     src = resolve(source, cache_dir=cache_dir)
     src.check()
     return src.text(cache_dir)
+
+
+def split_sources(
+    spec: str,
+    text_field: str = "text",
+    subset: str | None = None,
+    split: str = "train",
+    cache_dir: str | Path = "data",
+    val_source: str | None = None,
+    val_split: str | None = None,
+) -> tuple[Source, Source | None, dict[str, tuple[str, ...]] | None]:
+    """What to train on, what to validate on (None: a share of the training text) and, for a folder laid out like a
+    Hub dataset, its files per split: one decision, for preparing and for streaming alike."""
+    src = resolve(spec, text_field, subset, split, cache_dir)
+    if val_source is not None or val_split is not None:
+        return src, resolve(val_source or spec, text_field, subset, val_split or split, cache_dir), None
+    splits = folder_splits(spec)
+    if splits is None:
+        return src, None, None
+    # A folder of train*/validation*/test* files: those splits, not a 10% cut of them all.
+    if not splits.get("train"):
+        raise LitGPTError(
+            f"data source {spec!r} has {' and '.join(f'{k}* files' for k in splits)} but none named train*: "
+            "name the training files train* (as datasets.load_dataset does), or give the training files as "
+            "--data.source and the validation files as --data.val_source"
+        )
+    val = files_source(spec, splits["validation"], text_field) if splits.get("validation") else None
+    return files_source(spec, splits["train"], text_field), val, splits

@@ -123,6 +123,12 @@ def test_a_folder_laid_out_like_a_hub_dataset_gives_its_splits(tmp_path, corpus)
     (plain / "b.txt").write_text(text[20_000:23_000])
     r = run_cli("fit", "--data.source", str(plain), "--trainer.max_steps", "1", *TINY, cwd=tmp_path)
     assert r.returncode == 0 and "has no files named train*/validation*: validating on the last 10%" in r.stdout
+    # Streamed, the folder's train* files are the stream, its validation* files the held-out tokens.
+    dm = TextDataModule(source=str(folder), tokenizer="bpe", bpe_vocab_size=300, streaming=True, val_tokens=100,
+                        block_size=16, batch_size=4, cache_dir=str(tmp_path / "s"))  # fmt: skip
+    dm.setup()
+    assert dm._train_windows(Share(16, 4, 0, 0, 1)).source.files == (str(folder / "train.txt"),)
+    assert dm.meta["split_files"] == {"train": 1, "validation": 1, "test": 1} and dm.meta["skip_documents"] == 0
     # Validation and test files but no training files: one line saying how to name them.
     (folder / "train.txt").unlink()
     with pytest.raises(LitGPTError, match="has validation\\* files and test\\* files but none named train"):
