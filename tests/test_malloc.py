@@ -21,6 +21,8 @@ def faults_per_step(arm: str) -> dict:
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
 def test_reused_memory_spares_each_step_its_page_faults():
     default, reuse = faults_per_step("default"), faults_per_step("reuse")
+    if default["faults"] <= 50:  # glibc's dynamic mmap threshold now and then keeps a run's memory: try once more
+        default = faults_per_step("default")
     assert reuse["applied"] and not default["applied"]
     # glibc's defaults hand each step's activations back to the OS and fault them in again: 100-3500 faults a step
     # on average, depending on the host. With reused memory the median step faults not at all. Its mean is no
