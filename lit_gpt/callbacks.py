@@ -26,7 +26,8 @@ class TokenThroughput(ThroughputMonitor):
         """
         Args:
             window_size: Logging intervals (trainer.log_every_n_steps) averaged over for each figure.
-            measure_cpu_peak: On a CPU, time a 2048x2048 matmul (about 1 s) to have a peak for MFU.
+            measure_cpu_peak: On a CPU, time a large matmul at start-up to have a peak for MFU (its cost:
+                docs/benchmarks.md).
         """
         super().__init__(
             batch_size_fn=lambda batch: batch[0].size(0),

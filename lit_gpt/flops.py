@@ -19,8 +19,8 @@ def measure_matmul_flops(
     product is a linear layer's, ``x @ W.T``: on a CPU without bf16 instructions bf16 ``a @ b`` takes a much slower
     path than that layout, which the model never runs. On a CPU in float32, the faster of ATen's (MKL on x86) and
     oneDNN's, which lit-gpt's linears may use (lit_gpt/cpu_matmul.py). ``n``: the largest size timed; a CPU stops
-    doubling from 256 once one product takes 50 ms (bf16 without bf16 instructions is so slow that 2048² would take
-    a second a product), so the measurement stays about a second."""
+    doubling from 256 once one product takes 50 ms, so a CPU slow at this dtype (bf16 without bf16 instructions)
+    is not held up by 2048² products. What the measurement costs at start-up is in docs/benchmarks.md."""
     cpu = torch.device(device).type == "cpu"
     size = 256 if cpu else n
     while True:
@@ -54,7 +54,8 @@ def _rate(product, device: torch.device | str, flops: int) -> float:
 # Dense (no 2:4 sparsity) tensor-core peaks of GPUs that Lightning's table misses. It lists the H200 only under the
 # names "h200 sxm1" and "h200 nvl1", which no driver reports (torch says "NVIDIA H200"), so MFU was not logged on one,
 # and with the datasheet's with-sparsity figures (2e15 bf16): twice what a training step's dense matmuls can reach.
-# Source: NVIDIA's H200 datasheet; the SXM part has the H100 SXM's tensor cores and clocks.
+# Source: NVIDIA's H200 datasheet; the SXM part has the H100 SXM's tensor cores and clocks. These are spec-sheet
+# values the code divides by, not measurements: measured throughput and MFU go to docs/benchmarks.md.
 _DENSE_PEAKS: dict[str, dict[str, float]] = {
     "h200 nvl": {"float32": 60e12, "tfloat32": 417.5e12, "bfloat16": 835.5e12, "float16": 835.5e12},
     "h200": {"float32": 66.9e12, "tfloat32": 494.7e12, "bfloat16": 989.4e12, "float16": 989.4e12},

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from lit_gpt.errors import LitGPTError
+from lit_gpt.resume import newest_saved_checkpoint
 
 NONE = 2**62  # "no bad step" when taking the minimum over ranks
 
@@ -92,11 +92,7 @@ class LossGuard(L.Callback):
         )
 
     def _last_good(self, trainer: L.Trainer) -> str | None:
-        candidates = [str(trainer.ckpt_path)] if trainer.ckpt_path else []
-        for cb in trainer.checkpoint_callbacks:
-            candidates += [getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")]
-        found = [Path(p) for p in candidates if p and Path(p).is_file()]
-        if not found:
+        newest = newest_saved_checkpoint(trainer)
+        if newest is None:
             return None
-        newest = max(found, key=lambda p: p.stat().st_mtime)
         return f"{newest} (step {self._saved_step})" if self._saved_step is not None else str(newest)

@@ -261,6 +261,15 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
     return None
 
 
+def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint this run saved (last or best-k) or resumed from: what a stopped run still has."""
+    candidates = [str(trainer.ckpt_path)] if trainer.ckpt_path else []
+    for cb in trainer.checkpoint_callbacks:
+        candidates += [getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")]
+    found = [Path(p) for p in candidates if p and Path(p).exists()]  # a file, or a sharded (FSDP) folder
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer, named_version: bool = False) -> str | None:
     """``--ckpt_path`` as the Trainer should see it.
 
@@ -410,8 +419,7 @@ def lost_rank_error(trainer: L.Trainer, error: BaseException) -> LitGPTError | N
         dead = [(i + 1, p.returncode) for i, p in enumerate(procs) if p.poll() is not None and p.returncode != 0]
         time.sleep(0.05)
     who = ", ".join(f"rank {rank} ({_how_it_ended(code)})" for rank, code in dead) or "another rank (or its node)"
-    saved = [getattr(cb, "last_model_path", "") for cb in trainer.checkpoint_callbacks] + [str(trainer.ckpt_path or "")]
-    last = next((p for p in saved if p and Path(p).exists()), None)
+    last = newest_saved_checkpoint(trainer)
     kept = f"the last checkpoint, {last}, is kept" if last else "no checkpoint had been saved yet"
     return LitGPTError(
         f"{who} died at step {trainer.global_step}, so the job stopped; {kept}: run the same command with "
