@@ -54,6 +54,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("prepare", "lit_gpt.data:prepare_cli", "tokenize a config's data once, for a cluster job", "argv"),
     Command("convert", "lit_gpt.checkpoints.convert:convert", "a sharded (FSDP) checkpoint -> one file"),
     Command("export", "lit_gpt.export:export", "to Hugging Face or safetensors"),
+    Command("serve", "lit_gpt.serve:serve", "an OpenAI-compatible HTTP API and a playground page"),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 

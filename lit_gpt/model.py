@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -192,32 +194,72 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Store the keys and values (B, nh, T, hs) of positions ``pos``.. and return every key and value a query
-        may see. Past ``max_len`` (one token at a time, rotary models only: ``GPT.decodes_past_block``) the cache is
-        a ring: the new token overwrites the oldest, and the slots' order does not matter to attention."""
+        may see, with a mask of the ones it may see (None: all). Past ``max_len`` (one token at a time, rotary
+        models only: ``GPT.decodes_past_block``) the cache is a ring: the new token overwrites the oldest, and the
+        slots' order does not matter to attention.
+
+        ``pos`` may be a tensor (B,): one token per row, each row at its own position (a server's running batch,
+        whose sequences have different lengths). Then all ``max_len`` slots come back, masked per row."""
+        if isinstance(pos, torch.Tensor):
+            return self._update_rows(pos, k, v)
         T, max_len = k.size(2), self.k.size(2)
         if pos + T > max_len:
             pos = pos % max_len
             self.k[:, :, pos : pos + 1] = k
             self.v[:, :, pos : pos + 1] = v
-            return self.k, self.v  # (B, nh, max_len, hs): the last max_len tokens
+            return self.k, self.v, None  # (B, nh, max_len, hs): the last max_len tokens
         self.k[:, :, pos : pos + T] = k
         self.v[:, :, pos : pos + T] = v
-        return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+        return self.k[:, :, : pos + T], self.v[:, :, : pos + T], None
+
+    def _update_rows(
+        self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        max_len = self.k.size(2)
+        rows = torch.arange(k.size(0), device=k.device)
+        slot = pos % max_len  # the ring, per row
+        self.k[rows, :, slot] = k[:, :, 0]  # (B, nh, hs)
+        self.v[rows, :, slot] = v[:, :, 0]
+        seen = torch.arange(max_len, device=k.device)[None, :] <= pos[:, None]  # (B, max_len); all once wrapped
+        return self.k, self.v, seen[:, None, None, :]  # mask (B, 1, 1, max_len) broadcast over heads and queries
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows ``start:stop`` of this one, sharing its memory: a server prefills a new sequence into
+        its own row, and decodes only the rows in use."""
+        view = KVCache.__new__(KVCache)
+        nn.Module.__init__(view)
+        view.register_buffer("k", self.k[start:stop], persistent=False)
+        view.register_buffer("v", self.v[start:stop], persistent=False)
+        return view
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src`` into row ``dst`` (a server keeps its running sequences in the first rows)."""
+        self.k[dst] = self.k[src]
+        self.v[dst] = self.v[src]
 
 
 def scaled_dot_product_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, is_causal: bool, dtype: torch.dtype | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float,
+    is_causal: bool,
+    dtype: torch.dtype | None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention``, computed in ``dtype`` when that is set and differs from the inputs'; the
-    result comes back in the inputs' dtype."""
+    result comes back in the inputs' dtype. ``mask`` (True: may attend) replaces the causal mask when given."""
     out = q.dtype
+    kwargs = {"dropout_p": dropout_p, "is_causal": is_causal and mask is None, "attn_mask": mask}
     if dtype is None or out == dtype:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
     with torch.autocast(q.device.type, enabled=False):  # autocast would cast the inputs straight back
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal).to(out)
+        return F.scaled_dot_product_attention(q, k, v, **kwargs).to(out)
 
 
 class CausalSelfAttention(nn.Module):
@@ -241,7 +283,10 @@ class CausalSelfAttention(nn.Module):
         self.attention_dtype: torch.dtype | None = None
 
     def forward(
-        self, x: torch.Tensor, input_pos: int | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        input_pos: int | torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.size()  # batch, sequence length, embedding width (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
@@ -254,15 +299,15 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:  # rotate before caching: a cached key keeps the rotation of its own position
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         # A query of one new token may see every cached key; a longer chunk needs the causal mask.
-        is_causal = True
+        is_causal, mask = True, None
         if input_pos is not None and self.kv_cache is not None:
-            if T > 1 and input_pos != 0:
+            if T > 1 and (isinstance(input_pos, torch.Tensor) or input_pos != 0):
                 raise ValueError("with a KV cache, a chunk of several tokens must start at position 0")
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, input_pos + T, hs)
+            k, v, mask = self.kv_cache.update(input_pos, k, v)  # (B, nh, input_pos + T, hs)
             is_causal = T > 1
         # Flash / memory-efficient attention kernels where the device has them.
         dropout_p = self.dropout if self.training else 0.0
-        y = scaled_dot_product_attention(q, k, v, dropout_p, is_causal, self.attention_dtype)  # (B, nh, T, hs)
+        y = scaled_dot_product_attention(q, k, v, dropout_p, is_causal, self.attention_dtype, mask)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         if self.c_proj is not None:
             y = self.c_proj(y)
@@ -315,7 +360,10 @@ class Block(nn.Module):
         self.residual = config.residual
 
     def forward(
-        self, x: torch.Tensor, input_pos: int | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        input_pos: int | torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if not self.residual:  # the lecture before residual connections: each step replaces the stream
             x = self.attn(self.ln_1(x), input_pos, rope)
@@ -384,21 +432,26 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: int | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: int | torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy against ``targets`` when given.
 
-        ``input_pos`` is the position of ``idx[:, 0]`` when decoding with a KV cache (see ``set_kv_cache``). With
-        ``loss_chunk_size`` set and targets given, the logits are never built and None is returned in their place.
+        ``input_pos`` is the position of ``idx[:, 0]`` when decoding with a KV cache (see ``set_kv_cache``): one
+        int for the batch, or a tensor (B,) of each row's own position for one new token per row (``idx`` (B, 1)).
+        With ``loss_chunk_size`` set and targets given, the logits are never built and None is returned in their
+        place.
         """
         B, T = idx.size()
-        start = input_pos or 0
-        if T > self.config.block_size or (start + T > self.config.block_size and not self.decodes_past_block(T)):
-            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        if isinstance(input_pos, torch.Tensor):
+            end = int(input_pos.max()) + T if input_pos.numel() else T
+        else:
+            end = (input_pos or 0) + T
+        if T > self.config.block_size or (end > self.config.block_size and not self.decodes_past_block(T)):
+            raise ValueError(f"sequence of length {end} is longer than block_size {self.config.block_size}")
         if self.config.bigram:
             logits = self.transformer.wte(idx)  # (B, T, vocab_size)
         else:
-            x = self._hidden(idx, start, input_pos)  # (B, T, n_embd)
+            x = self._hidden(idx, input_pos)  # (B, T, n_embd)
             if targets is not None and self.loss_chunk_size > 0:
                 if self.config.logit_softcap:
                     raise ValueError("loss_chunk_size does not soft-cap the logits: turn one of them off")
@@ -411,15 +464,22 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def _hidden(self, idx: torch.Tensor, start: int, input_pos: int | None) -> torch.Tensor:
+    def _hidden(self, idx: torch.Tensor, input_pos: int | torch.Tensor | None) -> torch.Tensor:
         T = idx.size(1)
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        if isinstance(input_pos, torch.Tensor):  # one token per row, each at its own position
+            pos = input_pos[:, None]  # (B, 1)
+        else:
+            start = input_pos or 0
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         rope = None
         if self.config.position == "rotary":
-            rope = rotary_angles(pos, self.config.n_embd // self.config.n_head, self.config.rope_base)  # (T, hs/2)
+            hs = self.config.n_embd // self.config.n_head
+            rope = rotary_angles(pos.flatten(), hs, self.config.rope_base)  # (T, hs/2), or (B, hs/2) per row
+            if pos.dim() == 2:
+                rope = tuple(r[:, None, None, :] for r in rope)  # (B, 1, 1, hs/2) against (B, nh, 1, hs/2)
         else:
-            x = x + self.transformer.wpe(pos)  # (T, n_embd) broadcast over the batch
+            x = x + self.transformer.wpe(pos)  # (T, n_embd) broadcast over the batch, or (B, 1, n_embd)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, input_pos, rope)
@@ -448,6 +508,26 @@ class GPT(nn.Module):
                 if batch_size is None
                 else KVCache(batch_size, self.config.n_head, self.config.block_size, hs, device, dtype)
             )
+
+    @contextmanager
+    def kv_cache_rows(self, start: int, stop: int) -> Iterator[None]:
+        """Within the block, every layer's cache is rows ``start:stop`` of the current one (the same memory): a
+        server prefills a new sequence into its own row, or decodes only the rows in use."""
+        caches = [block.attn.kv_cache for block in self.transformer.h]
+        if any(cache is None for cache in caches):
+            raise ValueError("kv_cache_rows needs a KV cache: call set_kv_cache first")
+        for block, cache in zip(self.transformer.h, caches, strict=True):
+            block.attn.kv_cache = cache.rows(start, stop)
+        try:
+            yield
+        finally:
+            for block, cache in zip(self.transformer.h, caches, strict=True):
+                block.attn.kv_cache = cache
+
+    def move_kv_cache_row(self, src: int, dst: int) -> None:
+        """Copy every layer's cached row ``src`` into row ``dst``."""
+        for block in self.transformer.h:
+            block.attn.kv_cache.move_row(src, dst)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count. Position embeddings are left out by default, as in the scaling-law papers; the token

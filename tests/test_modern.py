@@ -61,7 +61,7 @@ def test_a_rotary_model_sees_order_and_only_relative_positions():
         assert not torch.allclose(model(idx)[0][:, -1], model(shuffled)[0][:, -1], atol=1e-4)
         # Rotary angles are absolute, but attention only sees their differences: the same window placed 7
         # positions later gives the same hidden states (learned positions would not).
-        torch.testing.assert_close(model._hidden(idx, 7, None), model._hidden(idx, 0, None), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model._hidden(idx, 7), model._hidden(idx, 0), atol=1e-4, rtol=1e-4)
 
 
 def test_rotary_is_a_rotation():
