@@ -1,0 +1,253 @@
+"""``lit-gpt serve`` as a user meets it: OpenAI's client and plain HTTP against a server on loopback, streamed and
+batched; bad requests answered in one line while it keeps serving; a client that leaves frees its row; the
+playground page in headless Chromium."""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+from test_export import write_checkpoint
+
+from lit_gpt.model import GPTConfig
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``lit-gpt serve`` in a child process on a free loopback port, up within a bounded wait."""
+
+    def __init__(self, checkpoint: Path, *args: str) -> None:
+        self.port = free_port()
+        command = [sys.executable, "-m", "lit_gpt.cli", "serve", "--checkpoint", str(checkpoint)]
+        command += ["--port", str(self.port), *args]
+        self.log = checkpoint.parent / f"serve-{self.port}.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise AssertionError(f"the server did not answer /health within 90 s: {self.log.read_text()}")
+
+    def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        conn = self.connection(timeout=5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def post(self, body: bytes | dict) -> tuple[int, dict]:
+        conn = self.connection()
+        try:
+            conn.request("POST", "/v1/completions", body if isinstance(body, bytes) else json.dumps(body))
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    def stop(self) -> str:
+        """SIGTERM, as a scheduler stops it; returns what it printed. Every process it started must be gone."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("serve") / "model.ckpt"
+    write_checkpoint(path, GPTConfig(vocab_size=1, block_size=64, n_layer=2, n_head=2, n_embd=64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    s = Server(checkpoint, "--max_batch_size", "4", "--max_tokens_limit", "100000")
+    yield s
+    log = s.stop()
+    assert "Traceback" not in log, log  # a stop is quiet
+
+
+def client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_client_completes_and_streams_the_same_seeded_text(server):
+    c = client(server)
+    ask = {"model": "m", "prompt": "ROMEO:", "max_tokens": 24, "seed": 7, "temperature": 0.8}
+    whole = c.completions.create(**ask)
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.prompt_tokens == 6 and whole.usage.completion_tokens == 24
+    pieces = [
+        chunk.choices[0].text
+        for chunk in c.completions.create(
+            model="m", prompt="ROMEO:", max_tokens=24, seed=7, temperature=0.8, stream=True
+        )
+        if chunk.choices
+    ]
+    assert len(pieces) > 1  # streamed as the tokens came, not in one piece
+    assert "".join(pieces) == whole.choices[0].text and len(whole.choices[0].text) == 24  # one char per token
+    assert (
+        server.get("/v1/models")[0] == 200 and json.loads(server.get("/v1/models")[1])["data"][0]["object"] == "model"
+    )
+    assert server.get("/health") == (200, b"ok")
+
+
+def test_n_choices_stop_strings_and_top_k(server):
+    c = client(server)
+    r = c.completions.create(
+        model="m", prompt="A", max_tokens=40, n=3, seed=1, stop=["e", "th"], extra_body={"top_k": 5}
+    )
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert len({ch.text for ch in r.choices}) > 1  # choice i draws with seed + i
+    for ch in r.choices:
+        assert "e" not in ch.text and "th" not in ch.text
+        assert ch.finish_reason == "stop" or len(ch.text) == 40
+    alone = c.completions.create(
+        model="m", prompt="A", max_tokens=40, seed=2, stop=["e", "th"], extra_body={"top_k": 5}
+    )
+    assert alone.choices[0].text == r.choices[1].text
+
+
+def test_concurrent_requests_are_batched_and_a_seeded_one_gives_the_same_text(server):
+    alone = server.post({"prompt": "KING:", "max_tokens": 60, "seed": 3})[1]["choices"][0]["text"]
+    results, errors = {}, []
+
+    def one(i: int) -> None:
+        try:
+            results[i] = server.post({"prompt": "KING:" if i == 3 else "Q" * i, "max_tokens": 60 + i, "seed": i})
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(1, 7)]  # 6 clients, 4 rows: two wait
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and all(status == 200 for status, _ in results.values())
+    assert results[3][1]["choices"][0]["text"][:60] == alone  # one character a token
+    assert all(r["usage"]["completion_tokens"] == 60 + i for i, (_, r) in results.items())
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "a JSON object"),
+        ({"prompt": "A", "max_tokens": 3, "colour": "red"}, "unknown field 'colour'"),
+        ({"max_tokens": 3}, "prompt: Field required"),
+        ({"prompt": "A", "max_tokens": 0}, "max_tokens must be 1 to 100000"),
+        ({"prompt": "A", "max_tokens": 100001}, "max_tokens must be 1 to 100000"),
+        ({"prompt": "A", "temperature": -1}, "temperature"),
+        ({"prompt": "héllo ☃", "max_tokens": 3}, "characters this model never saw"),
+        ({"prompt": "A" * 65, "max_tokens": 3}, "longer than the model's context of 64"),
+        ({"prompt": "", "max_tokens": 3}, "the prompt is empty"),
+    ],
+)
+def test_a_bad_request_gets_a_400_with_one_line_and_the_server_keeps_serving(server, body, reason):
+    status, answer = server.post(body)
+    assert status == 400
+    message = answer["error"]["message"]
+    assert reason in message and "\n" not in message
+    assert server.post({"prompt": "A", "max_tokens": 2})[0] == 200
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(checkpoint):
+    s = Server(checkpoint, "--max_batch_size", "1", "--max_tokens_limit", "100000")
+    try:
+        conn = s.connection()
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 100000, "stream": True}))
+        response = conn.getresponse()
+        assert response.status == 200 and response.read(6) == b"data: "  # streaming
+        conn.sock.close()  # gone, 99,999 tokens early: minutes of decoding the one row would otherwise hold
+        conn.close()
+        start = time.monotonic()
+        status, answer = s.post({"prompt": "B", "max_tokens": 5})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 5
+        assert time.monotonic() - start < 20
+    finally:
+        log = s.stop()
+    assert "Traceback" not in log, log
+
+
+def test_serve_refuses_a_missing_checkpoint_and_a_busy_port_in_one_line(tmp_path, server, checkpoint):
+    missing = run_cli("serve", "--checkpoint", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
+    busy = run_cli("serve", "--checkpoint", str(checkpoint), "--port", str(server.port), cwd=tmp_path)
+    for r in (missing, busy):
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "nope.ckpt" in missing.stderr
+    assert f"cannot listen on 127.0.0.1:{server.port}" in busy.stderr and "--port" in busy.stderr
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+def test_the_playground_streams_a_completion_in_chromium(server):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,800"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        prompt = browser.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys("HAMLET:")
+        tokens = browser.find_element(By.ID, "max_tokens")
+        tokens.clear()
+        tokens.send_keys("400")
+        browser.find_element(By.ID, "generate").click()
+        seen, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = browser.find_element(By.ID, "completion").text if browser.find_elements(By.ID, "completion") else ""
+            if text and (not seen or seen[-1] != len(text)):
+                seen.append(len(text))
+            if (
+                "tokens/s" in browser.find_element(By.ID, "stats").text
+                and "400 tokens" in browser.find_element(By.ID, "stats").text
+            ):
+                break
+            time.sleep(0.05)
+        stats = browser.find_element(By.ID, "stats").text
+        assert "400 tokens" in stats and "tokens/s" in stats, stats
+        assert browser.find_element(By.ID, "output").text.startswith("HAMLET:")
+        assert len(seen) > 1, seen  # the text grew while it streamed, not all at once
+    finally:
+        browser.quit()
