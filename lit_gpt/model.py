@@ -227,13 +227,14 @@ class KVCache(nn.Module):
         seen = torch.arange(max_len, device=k.device)[None, :] <= pos[:, None]  # (B, max_len); all once wrapped
         return self.k, self.v, seen[:, None, None, :]  # mask (B, 1, 1, max_len) broadcast over heads and queries
 
-    def rows(self, start: int, stop: int) -> KVCache:
-        """A cache over rows ``start:stop`` of this one, sharing its memory: a server prefills a new sequence into
-        its own row, and decodes only the rows in use."""
+    def rows(self, start: int, stop: int, length: int | None = None) -> KVCache:
+        """A cache over rows ``start:stop`` (and the first ``length`` positions) of this one, sharing its memory: a
+        server prefills a new sequence into its own row, and decodes only the rows and positions in use (reading
+        the keys and values of every position is most of a decoding step's attention)."""
         view = KVCache.__new__(KVCache)
         nn.Module.__init__(view)
-        view.register_buffer("k", self.k[start:stop], persistent=False)
-        view.register_buffer("v", self.v[start:stop], persistent=False)
+        view.register_buffer("k", self.k[start:stop, :, :length], persistent=False)
+        view.register_buffer("v", self.v[start:stop, :, :length], persistent=False)
         return view
 
     def move_row(self, src: int, dst: int) -> None:
@@ -510,14 +511,16 @@ class GPT(nn.Module):
             )
 
     @contextmanager
-    def kv_cache_rows(self, start: int, stop: int) -> Iterator[None]:
-        """Within the block, every layer's cache is rows ``start:stop`` of the current one (the same memory): a
-        server prefills a new sequence into its own row, or decodes only the rows in use."""
+    def kv_cache_rows(self, start: int, stop: int, length: int | None = None) -> Iterator[None]:
+        """Within the block, every layer's cache is rows ``start:stop`` and the first ``length`` positions of the
+        current one (the same memory): a server prefills a new sequence into its own row, or decodes only the rows
+        and positions in use. ``length`` must exceed every position written, unless it is the whole cache's (the
+        ring's slots are positions modulo the cache's length)."""
         caches = [block.attn.kv_cache for block in self.transformer.h]
         if any(cache is None for cache in caches):
             raise ValueError("kv_cache_rows needs a KV cache: call set_kv_cache first")
         for block, cache in zip(self.transformer.h, caches, strict=True):
-            block.attn.kv_cache = cache.rows(start, stop)
+            block.attn.kv_cache = cache.rows(start, stop, length)
         try:
             yield
         finally:

@@ -322,6 +322,8 @@ class CompletionsAPI(ls.LitAPI):
         _exit_with_parent()
         reuse_freed_memory()
         torch.set_grad_enabled(False)
+        if device == "cpu":  # leave a core to the HTTP process: torch's threads wait on each other when it preempts one
+            torch.set_num_threads(max(1, torch.get_num_threads() - 1))
         model, self.tokenizer = load_for_sampling(self.checkpoint, device, self.meta)
         model.to(getattr(torch, self.dtype))
         self.batch = RunningBatch(model, self.max_batch_size, self.tokenizer.vocab_size)

@@ -202,3 +202,15 @@ def test_bench_precision_times_float32_and_bf16_steps_from_the_runs_own_clock(tm
     ])  # fmt: skip
     assert set(ms) == {"32-true", "bf16-mixed"}
     assert all(0 < v < 10_000 for v in ms.values()), ms  # a broken clock reads 0 or the whole run's start-up
+
+
+def test_bench_serve_loads_the_server_with_concurrent_streaming_clients():
+    import bench_serve
+
+    figures = bench_serve.main([
+        "--model", "configs/shakespeare_char_cpu.yaml", "--clients", "1", "3", "--requests", "2", "--max_tokens", "12",
+    ])  # fmt: skip
+    rows = figures["configs/shakespeare_char_cpu.yaml"]
+    assert [r["clients"] for r in rows] == [1, 3] and [r["requests"] for r in rows] == [2, 6]
+    assert all(r["failed"] == 0 and r["mean_tokens"] == 12 for r in rows), rows
+    assert all(0 < r["ttft_p50"] <= r["latency_p50"] and r["tokens_per_s"] > 0 for r in rows), rows

@@ -2,13 +2,8 @@
 batched; bad requests answered in one line while it keeps serving; a client that leaves frees its row; the
 playground page in headless Chromium."""
 
-import http.client
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,68 +15,14 @@ from test_export import write_checkpoint
 
 from lit_gpt.model import GPTConfig
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_serve import Server  # noqa: E402 - lit-gpt serve in a child process, as the benchmark starts it
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``lit-gpt serve`` in a child process on a free loopback port, up within a bounded wait."""
-
-    def __init__(self, checkpoint: Path, *args: str) -> None:
-        self.port = free_port()
-        command = [sys.executable, "-m", "lit_gpt.cli", "serve", "--checkpoint", str(checkpoint)]
-        command += ["--port", str(self.port), *args]
-        self.log = checkpoint.parent / f"serve-{self.port}.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"the server did not answer /health within 90 s: {self.log.read_text()}")
-
-    def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        conn = self.connection(timeout=5)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def post(self, body: bytes | dict) -> tuple[int, dict]:
-        conn = self.connection()
-        try:
-            conn.request("POST", "/v1/completions", body if isinstance(body, bytes) else json.dumps(body))
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
-
-    def stop(self) -> str:
-        """SIGTERM, as a scheduler stops it; returns what it printed. Every process it started must be gone."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.log.read_text()
+def launch(checkpoint: Path, *args: str) -> Server:
+    return Server(checkpoint, *args, log=checkpoint.parent / f"serve-{time.monotonic_ns()}.log", wait=90)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +34,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    s = Server(checkpoint, "--max_batch_size", "4", "--max_tokens_limit", "100000")
+    s = launch(checkpoint, "--max_batch_size", "4", "--max_tokens_limit", "100000")
     yield s
     log = s.stop()
     assert "Traceback" not in log, log  # a stop is quiet
@@ -185,7 +126,7 @@ def test_a_bad_request_gets_a_400_with_one_line_and_the_server_keeps_serving(ser
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(checkpoint):
-    s = Server(checkpoint, "--max_batch_size", "1", "--max_tokens_limit", "100000")
+    s = launch(checkpoint, "--max_batch_size", "1", "--max_tokens_limit", "100000")
     try:
         conn = s.connection()
         conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 100000, "stream": True}))
