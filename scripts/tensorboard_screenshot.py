@@ -35,16 +35,22 @@ def wait_for(url: str, seconds: float) -> None:
     raise SystemExit(f"tensorboard_screenshot: TensorBoard did not answer at {url} within {seconds:.0f} s")
 
 
-def screenshot(url: str, out: Path, chromium: str, driver: str, width: int, height: int) -> None:
+def headless_chromium(chromium: str, driver: str, width: int, height: int):
+    """A Selenium driver of headless Chromium (Debian's ``chromium`` and its ``chromedriver``); quit() it after."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
         options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver), options=options)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def screenshot(url: str, out: Path, chromium: str, driver: str, width: int, height: int) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser = headless_chromium(chromium, driver, width, height)
     try:
         browser.get(url)
         deadline = time.monotonic() + 30

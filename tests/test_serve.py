@@ -157,15 +157,11 @@ def test_serve_refuses_a_missing_checkpoint_and_a_busy_port_in_one_line(tmp_path
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
 )
 def test_the_playground_streams_a_completion_in_chromium(server):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
+    pytest.importorskip("selenium")
     from selenium.webdriver.common.by import By
+    from tensorboard_screenshot import headless_chromium
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,800"):
-        options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser = headless_chromium(CHROMIUM, CHROMEDRIVER, 1000, 800)
     try:
         browser.get(f"http://127.0.0.1:{server.port}/")
         prompt = browser.find_element(By.ID, "prompt")
@@ -176,15 +172,10 @@ def test_the_playground_streams_a_completion_in_chromium(server):
         tokens.send_keys("400")
         browser.find_element(By.ID, "generate").click()
         seen, deadline = [], time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while "400 tokens" not in browser.find_element(By.ID, "stats").text and time.monotonic() < deadline:
             text = browser.find_element(By.ID, "completion").text if browser.find_elements(By.ID, "completion") else ""
             if text and (not seen or seen[-1] != len(text)):
                 seen.append(len(text))
-            if (
-                "tokens/s" in browser.find_element(By.ID, "stats").text
-                and "400 tokens" in browser.find_element(By.ID, "stats").text
-            ):
-                break
             time.sleep(0.05)
         stats = browser.find_element(By.ID, "stats").text
         assert "400 tokens" in stats and "tokens/s" in stats, stats
@@ -192,3 +183,17 @@ def test_the_playground_streams_a_completion_in_chromium(server):
         assert len(seen) > 1, seen  # the text grew while it streamed, not all at once
     finally:
         browser.quit()
+
+
+def test_a_completion_ends_at_a_stop_string_and_never_shows_its_start():
+    from lit_gpt.serve import Completion
+    from lit_gpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_text("abcdexz\n")
+    c = Completion(tok, max_tokens=20, stop=["\n\n", "cde"])
+    sent = [c.push(t) for t in tok.encode("ab\ncdx\n\nzz")[:8]]
+    assert sent[2:5] == [("", None), ("\n", None), ("", None)]  # "\n", then "c", "cd" could start a stop string
+    assert sent[5] == ("cdx", None)  # "cd" was not "cde": sent once known
+    assert "".join(text for text, _ in sent) == "ab\ncdx" and sent[7] == ("", "stop")  # ends before "\n\n"
+    short = Completion(tok, max_tokens=2, stop=[])
+    assert [short.push(t) for t in tok.encode("ab")] == [("a", None), ("b", "length")]
