@@ -197,3 +197,41 @@ def test_a_completion_ends_at_a_stop_string_and_never_shows_its_start():
     assert "".join(text for text, _ in sent) == "ab\ncdx" and sent[7] == ("", "stop")  # ends before "\n\n"
     short = Completion(tok, max_tokens=2, stop=[])
     assert [short.push(t) for t in tok.encode("ab")] == [("a", None), ("b", "length")]
+
+
+def test_a_gpt2_folder_with_byte_level_bpe_serves_any_text(tmp_path, corpus):
+    import torch
+    from conftest import tiny_gpt2
+    from tokenizers import ByteLevelBPETokenizer
+
+    from lit_gpt.generate import generate_tokens
+    from lit_gpt.init_from import load_for_sampling
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([corpus.read_text()], vocab_size=300, special_tokens=["<|endoftext|>"])
+    tiny_gpt2(tmp_path / "gpt2", activation="gelu_new", vocab=bpe.get_vocab_size(), tokenizer=bpe)  # 32 positions
+    s = launch(tmp_path / "gpt2", "--max_batch_size", "2")
+    try:
+        prompt = "héllo ☃, HAMLET:"
+        status, answer = s.post({"prompt": prompt, "max_tokens": 40, "temperature": 0})  # past its 32 positions
+        assert status == 200, answer
+        choice = answer["choices"][0]
+        # What generate's greedy decoding gives, up to the end-of-text token
+        model, tok = load_for_sampling(tmp_path / "gpt2")
+        ids = tok.encode(prompt)
+        new = [int(t[0]) for t in generate_tokens(model, torch.tensor([ids]), 40, temperature=0, vocab_size=300)]
+        new = new[: new.index(tok.eot_id)] if tok.eot_id in new else new
+        assert choice["text"] == tok.decode(ids + new)[len(tok.decode(ids)) :]
+        assert answer["usage"]["completion_tokens"] == min(40, len(new) + 1)
+        conn = s.connection()
+        ask = {"prompt": prompt, "max_tokens": 40, "temperature": 0, "stream": True}
+        conn.request("POST", "/v1/completions", json.dumps(ask))
+        events = [line[6:] for line in conn.getresponse().read().decode().split("\n\n") if line.startswith("data: ")]
+        conn.close()
+        # Byte-level tokens split characters; the pieces hold them back, so streamed text is the whole text
+        assert events[-1] == "[DONE]"
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == choice["text"]
+        assert s.post({"prompt": "A" * 200, "max_tokens": 3})[1]["error"]["message"].endswith("context of 32")
+    finally:
+        log = s.stop()
+    assert "Traceback" not in log, log
