@@ -91,6 +91,10 @@ class RunningBatch:
             self.rows[r] = self.rows[last]
         self.rows.pop()
 
+    def clear(self) -> None:
+        """Drop every sequence (their rows' contents are overwritten by whoever joins next)."""
+        self.rows.clear()
+
     @torch.no_grad()
     def step(self) -> dict[Hashable, int]:
         """One new token for every sequence in the batch: feed each its last token (one forward pass for all), then

@@ -44,6 +44,7 @@ from lit_gpt.malloc import reuse_freed_memory
 from lit_gpt.tokenizer import Tokenizer, UnknownCharactersError
 
 PLAYGROUND = "playground.html"
+logger = logging.getLogger(__name__)
 
 
 class CompletionRequest(BaseModel):
@@ -317,19 +318,23 @@ class CompletionsAPI(ls.LitAPI):
         self.checkpoint, self.dtype, self.meta = checkpoint, dtype, meta
 
     def setup(self, device: str) -> None:
-        logging.getLogger("litserve").setLevel(logging.WARNING)  # its per-worker INFO lines say nothing to a user
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the server process ends us
-        _exit_with_parent()
-        reuse_freed_memory()
-        torch.set_grad_enabled(False)
-        if device == "cpu":  # leave a core to the HTTP process: torch's threads wait on each other when it preempts one
-            torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+        self.configure_process(device)
         model, self.tokenizer = load_for_sampling(self.checkpoint, device, self.meta)
         model.to(getattr(torch, self.dtype))
         self.batch = RunningBatch(model, self.max_batch_size, self.tokenizer.vocab_size)
         self.incoming: deque = deque()  # from LitServe's thread: requests and cancels, in arrival order
         self.waiting: deque = deque()  # requests that find the batch full wait here, first come first served
         self.live: dict[Any, Completion] = {}
+
+    @staticmethod
+    def configure_process(device: str) -> None:
+        """What the worker process sets for itself before it loads the model."""
+        logging.getLogger("litserve").setLevel(logging.WARNING)  # its per-worker INFO lines say nothing to a user
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group: the server process ends us
+        _exit_with_parent()
+        reuse_freed_memory()
+        if device == "cpu":  # leave a core to the HTTP process: torch's threads wait on each other when it preempts one
+            torch.set_num_threads(max(1, torch.get_num_threads() - 1))
 
     def add_request(self, uid, request: dict) -> None:
         self.incoming.append((uid, request))  # deque.append is thread-safe; step() (another thread) reads it
@@ -344,6 +349,8 @@ class CompletionsAPI(ls.LitAPI):
         return output
 
     def step(self, prev_outputs) -> list:
+        """Take in what arrived, let waiting requests join the batch, decode one token for all of them. A failure
+        here (a GPU out of memory, say) fails the requests in flight, not the server: the next ones start afresh."""
         out: list = []
 
         def finish(uid) -> None:
@@ -361,14 +368,21 @@ class CompletionsAPI(ls.LitAPI):
                 finish(uid)
             else:
                 self.waiting.append((uid, request))
-        while self.waiting and self.batch.has_room():
-            uid, job = self.waiting.popleft()
-            sampling = Sampling(job["temperature"], job["top_k"], job["top_p"], job["seed"])
-            self.batch.add(uid, job["ids"], sampling)
-            self.live[uid] = Completion(self.tokenizer, job["max_tokens"], job["stop"], len(job["ids"]))
-        if not self.live:
+        try:
+            while self.waiting and self.batch.has_room():
+                uid, job = self.waiting.popleft()
+                self.live[uid] = Completion(self.tokenizer, job["max_tokens"], job["stop"], len(job["ids"]))
+                sampling = Sampling(job["temperature"], job["top_k"], job["top_p"], job["seed"])
+                self.batch.add(uid, job["ids"], sampling)
+            drawn = self.batch.step() if self.live else {}
+        except Exception as e:
+            message = " ".join(f"{type(e).__name__}: {e}".split())
+            logger.error("lit-gpt serve: a decoding step failed (%s): its %d requests failed", message, len(self.live))
+            out += [Output(uid, e, LitAPIStatus.ERROR) for uid in self.live]
+            self.live.clear()
+            self.batch.clear()
             return out
-        for uid, token in self.batch.step().items():
+        for uid, token in drawn.items():
             completion = self.live[uid]
             text, reason = completion.push(token)
             piece: dict[str, Any] = {"text": text}

@@ -235,3 +235,30 @@ def test_a_gpt2_folder_with_byte_level_bpe_serves_any_text(tmp_path, corpus):
     finally:
         log = s.stop()
     assert "Traceback" not in log, log
+
+
+def test_a_failing_step_fails_its_requests_and_the_worker_serves_the_next(checkpoint, monkeypatch):
+    from litserve.utils import LitAPIStatus
+
+    from lit_gpt.init_from import load_for_sampling
+    from lit_gpt.serve import CompletionsAPI, CompletionsSpec
+
+    tok = load_for_sampling(checkpoint)[1]
+    api = CompletionsAPI(str(checkpoint), "float32", None, CompletionsSpec(tok, 64, "m", 100), max_batch_size=2)
+    monkeypatch.setattr(CompletionsAPI, "configure_process", staticmethod(lambda device: None))  # not this process's
+    api.setup("cpu")
+    job = {"ids": tok.encode("A"), "max_tokens": 3, "stop": [], "temperature": 0.0, "top_k": None, "top_p": 1.0}
+    api.add_request("a", {**job, "seed": None})
+    api.add_request("b", {**job, "seed": None})
+    first = api.step(None)
+    assert [(o.uid, o.status) for o in first] == [("a", LitAPIStatus.OK), ("b", LitAPIStatus.OK)]
+    real_step = api.batch.step
+    monkeypatch.setattr(api.batch, "step", lambda: 1 / 0)  # e.g. a GPU out of memory
+    failed = api.step(None)
+    assert {(o.uid, o.status) for o in failed} == {("a", LitAPIStatus.ERROR), ("b", LitAPIStatus.ERROR)}
+    assert not api.has_active_requests() and len(api.batch) == 0
+    monkeypatch.setattr(api.batch, "step", real_step)
+    api.add_request("c", {**job, "seed": None})
+    pieces = [o for _ in range(3) for o in api.step(None)]
+    assert [o.output.get("finish_reason") for o in pieces if o.status == LitAPIStatus.OK] == [None, None, "length"]
+    assert pieces[-1].status == LitAPIStatus.FINISH_STREAMING and not api.has_active_requests()
