@@ -65,6 +65,31 @@ def kill_launched_ranks(trainer: L.Trainer) -> None:
     trainer.strategy.launcher.kill(_get_sigkill_signal())
 
 
+def patient_child_observer(trainer: L.Trainer, grace: float) -> None:
+    """Lightning's child-process observer SIGKILLs rank 0 within 5 s of seeing a rank it launched die, which can
+    come before rank 0's own collective fails and it says which rank died (a loaded machine, a long step). Give rank
+    0 ``grace`` seconds from the observer's first sight of the death; a rank 0 still running after that (stuck in a
+    collective that never fails) is killed as before."""
+    import threading
+    import time
+
+    procs = launched_ranks(trainer)
+    for thread in threading.enumerate() if procs else []:
+        if thread.name != "child-process-observer" or not hasattr(thread, "_run"):
+            continue
+        check, seen = thread._run, []
+
+        def patient(check=check, seen=seen) -> bool:
+            if any(p.poll() not in (None, 0) for p in procs):
+                if not seen:
+                    seen.append(time.monotonic())
+                if time.monotonic() - seen[0] < grace:
+                    return False
+            return check()
+
+        thread._run = patient
+
+
 def cluster_environment(trainer: L.Trainer) -> Any:
     """The trainer's cluster environment (SLURM, torchelastic...); a single-device strategy has none of its own."""
     env = getattr(trainer.strategy, "cluster_environment", None)

@@ -48,6 +48,7 @@ from lit_gpt.lightning_private import (
     cluster_environment,
     launched_ranks,
     logger_started,
+    patient_child_observer,
     saves_distributed_checkpoint,
     set_logger_version,
     validation_follows,
@@ -122,7 +123,12 @@ class ExactResume(L.Callback):
         if self.save_on_signal and batch_idx % trainer.accumulate_grad_batches == 0:
             self._stop_if_signalled(trainer)
 
-    # --- preemption -----------------------------------------------------------------------------------------------
+    # --- preemption and a dead rank -----------------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # A launched rank that dies (killed, out of memory) is named by rank 0 in one line (lost_rank_error):
+        # give it the time to, before Lightning's observer SIGKILLs it.
+        patient_child_observer(trainer, grace=DEAD_RANK_GRACE)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Replaces Lightning's SIGTERM and SLURM-requeue SIGUSR1 handlers: they run collectives (a broadcast, a
@@ -267,7 +273,13 @@ def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
     for cb in trainer.checkpoint_callbacks:
         candidates += [getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")]
     found = [Path(p) for p in candidates if p and Path(p).exists()]  # a file, or a sharded (FSDP) folder
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    # A best-k checkpoint and last.ckpt saved in one round hold the same step: name last.ckpt, which is what
+    # --ckpt_path last resumes from (the two files' order on disk varies).
+    last = [p for p in found if p.name.startswith("last") and newest.stat().st_mtime - p.stat().st_mtime < 10]
+    return last[0] if last else newest
 
 
 def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer, named_version: bool = False) -> str | None:
@@ -401,6 +413,8 @@ def _resumes_sharded(config: Any) -> bool | None:
 
 
 # What the surviving ranks' collectives raise when a peer process is gone (gloo on CPUs, NCCL on GPUs).
+# Seconds rank 0 has, once Lightning's observer saw a launched rank die, to notice it and say so before it is killed
+DEAD_RANK_GRACE = 20.0
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
 
 

@@ -436,6 +436,10 @@ def serve(
         problems.append(f"max_tokens_limit must be positive, got {max_tokens_limit}")
     if not 0 < port < 65536:
         problems.append(f"port must be 1 to 65535, got {port}")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        problems.append(f"device must be auto, cpu or cuda, got {device!r}")
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
     if problems:
         raise LitGPTError("; ".join(problems))
     if device == "auto":

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, run_cli
 from test_export import write_checkpoint
 
@@ -142,10 +143,14 @@ def test_clients_that_leave_mid_stream_free_their_rows(server):
     assert time.monotonic() - start < 20
 
 
-def test_serve_refuses_a_missing_checkpoint_and_a_busy_port_in_one_line(tmp_path, server, checkpoint):
+def test_serve_refuses_a_missing_checkpoint_a_busy_port_and_an_absent_gpu_in_one_line(tmp_path, server, checkpoint):
     missing = run_cli("serve", "--checkpoint", str(tmp_path / "nope.ckpt"), cwd=tmp_path)
     busy = run_cli("serve", "--checkpoint", str(checkpoint), "--port", str(server.port), cwd=tmp_path)
-    for r in (missing, busy):
+    refused = [missing, busy]
+    if not torch.cuda.is_available():  # with a GPU, --device cuda would serve
+        refused.append(run_cli("serve", "--checkpoint", str(checkpoint), "--device", "cuda", cwd=tmp_path))
+        assert "no CUDA GPU is visible here; use --device cpu" in refused[-1].stderr
+    for r in refused:
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "nope.ckpt" in missing.stderr
     assert f"cannot listen on 127.0.0.1:{server.port}" in busy.stderr and "--port" in busy.stderr
@@ -203,7 +208,6 @@ def test_a_completion_ends_at_a_stop_string_and_never_shows_its_start():
 
 
 def test_a_gpt2_folder_with_byte_level_bpe_serves_any_text(tmp_path, corpus):
-    import torch
     from conftest import tiny_gpt2
     from tokenizers import ByteLevelBPETokenizer
 
