@@ -91,6 +91,12 @@ def validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def usage_of(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's token counts: the prompt once, the completions of all n choices."""
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
 def stop_strings(stop: str | list[str] | None) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     return [s for s in stops if s]
@@ -245,18 +251,20 @@ class CompletionsSpec(LitSpec):
         events = self.merged(uids, streams)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.get("include_usage"))
-            return StreamingResponse(self.sse(head, events, usage), media_type="text/event-stream")
+            return StreamingResponse(self.sse(head, events, len(ids), usage), media_type="text/event-stream")
         texts, reasons, tokens = [""] * req.n, [None] * req.n, 0
-        async for i, piece in events:
-            texts[i] += piece["text"]
-            if piece.get("finish_reason"):
-                reasons[i], tokens = piece["finish_reason"], tokens + piece["tokens"]
+        try:
+            async for i, piece in events:
+                texts[i] += piece["text"]
+                if piece.get("finish_reason"):
+                    reasons[i], tokens = piece["finish_reason"], tokens + piece["tokens"]
+        except RuntimeError as e:  # the worker failed this request (logged there): a 500 saying so, in one line
+            return JSONResponse({"error": {"message": str(e), "type": "server_error"}}, status_code=500)
         choices = [
             {"text": t, "index": i, "logprobs": None, "finish_reason": r}
             for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
         ]
-        usage = {"prompt_tokens": len(ids), "completion_tokens": tokens, "total_tokens": len(ids) * req.n + tokens}
-        return {**head, "choices": choices, "usage": usage}
+        return {**head, "choices": choices, "usage": usage_of(len(ids), tokens)}
 
     async def merged(self, uids: list, streams: list):
         """(choice index, piece) from the n choices' worker streams as they come; on exit (the last piece, an
@@ -290,13 +298,13 @@ class CompletionsSpec(LitSpec):
             for uid in uids:
                 self.response_buffer.pop(uid, None)
 
-    async def sse(self, head: dict, events, include_usage: bool):
-        tokens, n = 0, 0
+    async def sse(self, head: dict, events, prompt_tokens: int, include_usage: bool):
+        tokens = 0
         try:
             async for i, piece in events:
                 reason = piece.get("finish_reason")
                 if reason:
-                    tokens, n = tokens + piece["tokens"], n + 1
+                    tokens += piece["tokens"]
                 if piece["text"] or reason:
                     choice = {"text": piece["text"], "index": i, "logprobs": None, "finish_reason": reason}
                     yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
@@ -304,8 +312,7 @@ class CompletionsSpec(LitSpec):
             yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
             return
         if include_usage:
-            prompt = piece.get("prompt_tokens", 0)
-            usage = {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt * n + tokens}
+            usage = usage_of(prompt_tokens, tokens)
             yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
 

@@ -51,7 +51,7 @@ def test_openai_client_completes_and_streams_the_same_seeded_text(server):
     ask = {"model": "m", "prompt": "ROMEO:", "max_tokens": 24, "seed": 7, "temperature": 0.8}
     whole = c.completions.create(**ask)
     assert whole.choices[0].finish_reason == "length"
-    assert whole.usage.prompt_tokens == 6 and whole.usage.completion_tokens == 24
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens) == (6, 24, 30)
     pieces = [
         chunk.choices[0].text
         for chunk in c.completions.create(
@@ -73,6 +73,9 @@ def test_n_choices_stop_strings_and_top_k(server):
         model="m", prompt="A", max_tokens=40, n=3, seed=1, stop=["e", "th"], extra_body={"top_k": 5}
     )
     assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert r.usage.prompt_tokens == 1 and r.usage.total_tokens == 1 + r.usage.completion_tokens  # the prompt once
+    shown = sum(len(ch.text) for ch in r.choices)  # a char a token, plus a stop string's 1 or 2 for a stopped one
+    assert shown <= r.usage.completion_tokens <= shown + 2 * len(r.choices)
     assert len({ch.text for ch in r.choices}) > 1  # choice i draws with seed + i
     for ch in r.choices:
         assert "e" not in ch.text and "th" not in ch.text
