@@ -15,22 +15,6 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return min(os.cpu_count() or 1, 4)
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked slow start first: with a worker per core, a long test begun near the end keeps the suite
-    running on one core while the others idle. Their modules move with them (a module split in two would build its
-    module-scoped fixtures twice); everything else keeps its order."""
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    first: dict[str, int] = {}
-    for i, item in enumerate(items):
-        first.setdefault(item.module.__name__, i)
-
-    def order(item) -> tuple[bool, int, bool]:
-        module = item.module.__name__
-        return module not in slow, first[module], item.get_closest_marker("slow") is None
-
-    items.sort(key=order)
-
-
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A small real corpus: one built-in play (Hamlet, 170 kB), written out as a plain text file."""

@@ -124,7 +124,6 @@ def test_bench_gpt2_keeps_the_grid_going_past_a_row_that_fails(tmp_path):
     assert re.search(r"^\| 2 x 64 x 1 \| off \| auto \| off \| [\d.]+ \|", table, re.M), table
 
 
-@pytest.mark.slow
 def test_bench_litgpt_trains_both_projects_on_the_same_batches(tmp_path, corpus):
     pytest.importorskip("litgpt", reason="pip install --no-deps litgpt==0.5.13 psutil (as .ci/run does)")
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_litgpt.py"), "--source", str(corpus), "--steps", "60"]

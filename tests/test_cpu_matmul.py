@@ -124,7 +124,6 @@ def test_the_cpu_family_is_read_as_the_kernel_reports_it():
         assert family > 0
 
 
-@pytest.mark.slow
 def test_training_and_sampling_on_onednn_follow_aten(tmp_path, corpus):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -87,7 +87,6 @@ def runs(tmp_path_factory, corpus):
     return cwd / "runs"
 
 
-@pytest.mark.slow
 def test_ddp_fsdp_and_accumulation_give_the_loss_curve_of_one_process(runs):
     reference = losses(runs / "single" / "version_0")
     assert len(reference) == STEPS and reference[-1] < reference[0]
@@ -120,7 +119,6 @@ def muon_runs(tmp_path_factory, corpus):
     return cwd / "runs"
 
 
-@pytest.mark.slow
 def test_muon_trains_the_same_curve_on_ddp_fsdp_and_with_accumulation(muon_runs, runs):
     reference = losses(muon_runs / "single" / "version_0")
     assert len(reference) == STEPS
