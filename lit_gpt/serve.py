@@ -126,12 +126,22 @@ class Completion:
         return text, None
 
 
+class _ManagerGone(logging.Filter):
+    """Drops LitServe's "Monitoring worker crashed" traceback when its monitor thread polls the multiprocessing
+    manager that the shutdown already stopped (a race in LitServe's own shutdown, harmless)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (BrokenPipeError, EOFError, ConnectionResetError))
+
+
 def quiet_shutdown() -> None:
     """Ctrl+C or SIGTERM end the server without a traceback. SIGTERM (a scheduler, ``kill``) in this process
     raises KeyboardInterrupt as Ctrl+C does, which LitServe answers by ending its HTTP and inference processes;
     those ignore the Ctrl+C that reaches the whole process group and end on the SIGTERM that LitServe sends, or
     when this process is gone."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    logging.getLogger("litserve.server").addFilter(_ManagerGone())
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIGINT ignored)
 
     def child() -> None:
