@@ -130,7 +130,7 @@ class RunningBatch:
                     tokens[i, 0] = row.last
                 pos[i] = 0 if full[i] else row.length
             # Attend over the positions in use only, unless a row's ring has wrapped (its slots are modulo block).
-            span = int(pos.max()) + 1 if int(pos.max()) < self.block else self.block
+            span = min(int(pos.max()) + 1, self.block)
             with self.model.kv_cache_rows(0, n, span), _aten_elementwise(self.device):
                 logits = self.model(tokens.to(self.device), input_pos=pos.to(self.device))[0][:, -1, : self.vocab_size]
         for i in unfed:

@@ -393,10 +393,17 @@ def load_for_sampling(
     """The model (in eval mode) and tokenizer to sample from: anything ``--model.init_from`` takes (a lit-gpt
     checkpoint or run folder, a ``lit-gpt export`` folder, a Hugging Face GPT-2 folder, a Hub name, a nanoGPT
     ``ckpt.pt``, whose ``meta.pkl`` ``meta`` may name)."""
+    pre = pretrained_for_sampling(path, meta)
+    return build_model(pre, pre.config).to(device).eval(), pre.tokenizer
+
+
+def pretrained_for_sampling(path: str | Path, meta: str | None = None) -> Pretrained:
+    """What ``load_for_sampling`` builds its model from, with the tokenizer sampling needs (one line when there is
+    none); for a caller that needs the config and tokenizer but not a model (``lit-gpt serve``'s HTTP side)."""
     pre = load_pretrained(path, flag="--checkpoint", meta=meta)
     if pre.tokenizer is None:
         raise LitGPTError(
             f"{pre.origin} has no tokenizer (for a GPT-2 folder: tokenizer.json, or vocab.json + merges.txt): it "
             "cannot turn generated ids into text"
         )
-    return build_model(pre, pre.config).to(device).eval(), pre.tokenizer
+    return pre

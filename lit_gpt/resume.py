@@ -268,18 +268,16 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
 
 
 def newest_saved_checkpoint(trainer: L.Trainer) -> Path | None:
-    """The newest checkpoint this run saved (last or best-k) or resumed from: what a stopped run still has."""
+    """The newest checkpoint this run saved (last or best-k) or resumed from: what a stopped run still has. A
+    last.ckpt comes first: Lightning rewrites it at every save, so it holds the newest step, and it is what
+    ``--ckpt_path last`` resumes (a best-k file of the same save may be newer on disk)."""
+    lasts = [getattr(cb, "last_model_path", "") for cb in trainer.checkpoint_callbacks]
+    if found := [Path(p) for p in lasts if p and Path(p).exists()]:  # a file, or a sharded (FSDP) folder
+        return found[0]
     candidates = [str(trainer.ckpt_path)] if trainer.ckpt_path else []
-    for cb in trainer.checkpoint_callbacks:
-        candidates += [getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")]
-    found = [Path(p) for p in candidates if p and Path(p).exists()]  # a file, or a sharded (FSDP) folder
-    if not found:
-        return None
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    # A best-k checkpoint and last.ckpt saved in one round hold the same step: name last.ckpt, which is what
-    # --ckpt_path last resumes from (the two files' order on disk varies).
-    last = [p for p in found if p.name.startswith("last") and newest.stat().st_mtime - p.stat().st_mtime < 10]
-    return last[0] if last else newest
+    candidates += [getattr(cb, "best_model_path", "") for cb in trainer.checkpoint_callbacks]
+    found = [Path(p) for p in candidates if p and Path(p).exists()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer, named_version: bool = False) -> str | None:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lit_gpt.continuous_batching import RunningBatch, Sampling
 from lit_gpt.errors import LitGPTError
 from lit_gpt.generate import StreamDecoder
-from lit_gpt.init_from import load_for_sampling
+from lit_gpt.init_from import load_for_sampling, pretrained_for_sampling
 from lit_gpt.malloc import reuse_freed_memory
 from lit_gpt.tokenizer import Tokenizer, UnknownCharactersError
 
@@ -462,11 +462,10 @@ def serve(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     _check_port(host, port)
-    # Loaded here once for its one-line errors and the tokenizer that checks requests; the worker loads its own.
-    model, tokenizer = load_for_sampling(checkpoint, "cpu", meta)
-    block_size = model.config.block_size
-    del model
-    spec = CompletionsSpec(tokenizer, block_size, checkpoint, max_tokens_limit)
+    # Read here for its one-line errors and the tokenizer that checks requests; the worker builds the model.
+    pre = pretrained_for_sampling(checkpoint, meta)
+    spec = CompletionsSpec(pre.tokenizer, pre.config.block_size, checkpoint, max_tokens_limit)
+    del pre
     api = CompletionsAPI(checkpoint, dtype, meta, spec, max_batch_size)
     server = ls.LitServer(api, accelerator="cuda" if device.startswith("cuda") else "cpu", devices=1, timeout=False)
     # LitServe answers GET / itself ("litserve running"); the playground takes its place.
