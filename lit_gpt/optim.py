@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, Replicate
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz  # torch's own; there is no public name
 
 OptimizerName = Literal["adamw", "muon"]
 LrSchedule = Literal["cosine", "wsd"]
@@ -68,6 +70,50 @@ def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
     return muon, adamw
 
 
+class Muon(torch.optim.Muon):
+    """``torch.optim.Muon``, with each FSDP2-sharded matrix orthogonalised whole.
+
+    FSDP2's parameters are DTensors split by rows. torch's Muon would run Newton-Schulz on them as DTensors, which is
+    right in exact arithmetic, but each product of row-split bfloat16 matrices then adds the ranks' partial sums in
+    bfloat16, rounding otherwise than one process does (losses 2e-4 apart after one step, even training in float64).
+    So a sharded matrix's update is gathered whole (one all-gather, as FSDP's forward gathers the weight), put
+    through torch's Newton-Schulz on every rank alike, and each rank keeps its own rows: the step one process takes.
+    Every rank orthogonalises every matrix; whole (unsharded) parameters step exactly as in torch's Muon.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 (torch's signature)
+        if not any(isinstance(p, DTensor) for group in self.param_groups for p in group["params"]):
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                # torch's _single_tensor_muon, step for step, with the gather around Newton-Schulz.
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                ns = (group["ns_coefficients"], group["ns_steps"], group["eps"])
+                if isinstance(update, DTensor):
+                    mesh, placements = update.device_mesh, update.placements
+                    whole = _zeropower_via_newtonschulz(update.full_tensor(), *ns)
+                    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+                    update = replicated.redistribute(mesh, placements)  # this rank's rows: a slice, no traffic
+                else:
+                    update = _zeropower_via_newtonschulz(update, *ns)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """``torch.optim.Muon`` for the blocks' matrices and ``torch.optim.AdamW`` for the rest, as one optimizer.
 
@@ -117,7 +163,7 @@ def configure_muon(
 ) -> MuonAdamW:
     """Muon (Nesterov momentum, torch's Newton-Schulz) on ``muon_params``; ``configure_adamw`` on the rest. The two
     lists are ``muon_split``'s."""
-    muon = torch.optim.Muon(
+    muon = Muon(
         [{"params": muon_params, "name": "muon"}], lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay
     )
     return MuonAdamW(muon, configure_adamw(adamw_params, lr, weight_decay, betas, fused))
