@@ -75,7 +75,8 @@ class Muon(torch.optim.Muon):
 
     FSDP2's parameters are DTensors split by rows. torch's Muon would run Newton-Schulz on them as DTensors, which is
     right in exact arithmetic, but each product of row-split bfloat16 matrices then adds the ranks' partial sums in
-    bfloat16, rounding otherwise than one process does (losses 2e-4 apart after one step, even training in float64).
+    bfloat16, rounding otherwise than one process does: the losses part from the first update on, even in float64
+    (docs/distributed.md).
     So a sharded matrix's update is gathered whole (one all-gather, as FSDP's forward gathers the weight), put
     through torch's Newton-Schulz on every rank alike, and each rank keeps its own rows: the step one process takes.
     Every rank orthogonalises every matrix; whole (unsharded) parameters step exactly as in torch's Muon.
