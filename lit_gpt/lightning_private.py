@@ -8,8 +8,10 @@ Beside the functions here, three classes override Lightning's private methods, n
 - ``LitGPTCLI`` (``lit_gpt.lightning_cli``): ``_parse_ckpt_path`` (check ``--ckpt_path`` before anything is built),
   ``_run_subcommand`` (clean up a refused start), ``_instantiate_trainer`` (drop callbacks a flag turned off).
 - ``RunCheckpoint`` (``lit_gpt.resume``): calls ModelCheckpoint's ``_should_skip_saving_checkpoint``,
-  ``_should_save_on_train_epoch_end``, ``_save_last_checkpoint`` and ``_monitor_candidates``, and reads
-  ``_every_n_train_steps``.
+  ``_should_save_on_train_epoch_end`` and ``_monitor_candidates``, overrides ``_save_topk_checkpoint`` and
+  ``_save_last_checkpoint`` (to hold a save every N steps until its step is logged), and reads
+  ``_every_n_train_steps``; its save at a step's start relies on the loop-counter layout ``as_saved_at_step_end``
+  edits (the ``fit_loop`` progress counters and ``_batches_that_stepped``).
 - ``ProgressBar`` (``lit_gpt.callbacks``): ``_get_train_description``.
 - ``FSDP2Strategy`` (``lit_gpt.parallel``): sets ``_data_parallel_size`` once the devices are known.
 """

@@ -151,20 +151,8 @@ class ExactResume(L.Callback):
             self._validated_at = trainer.global_step
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if not self._saving_between_steps:
-            return
-        # Lightning resumes exactly from saves at a step's end (its checkpoint callback saves at on_validation_end
-        # or on_train_batch_end). This save is at the next step's start, after the loop counted the next batch as
-        # fetched and the finished step as logged: make the counters read as a save at the end of the finished step,
-        # so the resumed run trains, validates and logs at the same steps as an uninterrupted one.
-        loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        progress = loop.get("epoch_loop.batch_progress", {})
-        for counts in (progress.get("total"), progress.get("current")):
-            if counts and counts.get("ready", 0) == counts.get("completed", 0) + 1:
-                counts["ready"] -= 1
-        state = loop.get("epoch_loop.state_dict", {})
-        if self._validated_at == trainer.global_step and "_batches_that_stepped" in state:
-            state["_batches_that_stepped"] -= 1  # as at on_validation_end, before the step is counted
+        if self._saving_between_steps:
+            as_saved_at_step_end(checkpoint, validated=self._validated_at == trainer.global_step)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._received = signum
@@ -204,6 +192,23 @@ class ExactResume(L.Callback):
         raise stopped
 
 
+def as_saved_at_step_end(checkpoint: dict[str, Any], validated: bool) -> None:
+    """Make the loop counters of a checkpoint saved at a step's start read as a save at the previous step's end.
+
+    Lightning resumes exactly from saves at a step's end (its checkpoint callback saves at on_validation_end or
+    on_train_batch_end). A save at the next step's start comes after the loop counted the next batch as fetched and
+    the finished step as logged; with the counters put back, the resumed run trains, validates and logs at the same
+    steps as an uninterrupted one."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loop.get("epoch_loop.batch_progress", {})
+    for counts in (progress.get("total"), progress.get("current")):
+        if counts and counts.get("ready", 0) == counts.get("completed", 0) + 1:
+            counts["ready"] -= 1
+    state = loop.get("epoch_loop.state_dict", {})
+    if validated and "_batches_that_stepped" in state:
+        state["_batches_that_stepped"] -= 1  # as at on_validation_end, before the step is counted
+
+
 def _slurm_requeue(trainer: L.Trainer) -> str | None:
     """What Lightning's SLURM auto-requeue does on SIGUSR1 (``scontrol requeue``), once the checkpoint is safe."""
     env = cluster_environment(trainer)
@@ -229,13 +234,23 @@ def preemption_report(exception: SIGTERMException) -> tuple[str, int]:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with last.ckpt written at every validation and when training ends.
+    """Lightning's ModelCheckpoint, with last.ckpt written at every validation and when training ends, and a save
+    every N steps written only once its step's figures are in the run's logs.
 
     Lightning 2.6 writes last.ckpt only when a best-k checkpoint was written too, so once val loss stopped improving
     (a long run's tail, any finetune that overfits) it would stay behind and a crash would resume from the last
-    improvement; and a run that ends between two validations lost its last steps."""
+    improvement; and a run that ends between two validations lost its last steps. It also saves every N steps in
+    on_train_batch_end, before the loop logs that step's loss: a run killed between the two resumed after a step
+    that its curves never show."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferring = False
+        self._due: dict[str, Any] | None = None  # the monitored figures of a step whose save waits
+        self._between_steps = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_due(trainer, between_steps=False)  # the loop logged the last step's figures before this hook
         super().on_train_end(trainer, pl_module)
         # The last steps after the last validation are work too: a run that ends between validations saves them.
         if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
@@ -249,7 +264,49 @@ class RunCheckpoint(ModelCheckpoint):
         # it as done), and the data loader it starts draws from the random stream, so the curves would part.
         if self._every_n_train_steps and validation_follows(trainer):
             return
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Lightning's test of whether to save now; the save itself waits for the next step's start (_save_due).
+        self._deferring = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._deferring = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx % trainer.accumulate_grad_batches == 0:  # a step's first micro-batch: the last step is logged
+            self._save_due(trainer, between_steps=True)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_due(trainer, between_steps=False)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._deferring:
+            self._due = monitor_candidates
+        else:
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._deferring:
+            self._due = monitor_candidates
+        else:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _save_due(self, trainer: L.Trainer, between_steps: bool) -> None:
+        due, self._due = self._due, None
+        if due is None or self._should_skip_saving_checkpoint(trainer):  # e.g. a validation's save came first
+            return
+        self._between_steps = between_steps
+        try:
+            self._save_topk_checkpoint(trainer, due)
+            self._save_last_checkpoint(trainer, due)
+        finally:
+            self._between_steps = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self._between_steps:  # no validation ran at the saved step: it would have saved first
+            as_saved_at_step_end(checkpoint, validated=False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -166,6 +166,20 @@ def test_a_signal_at_any_step_resumes_exactly(uninterrupted, corpus, tmp_path, s
     assert curves(run_dir(tmp_path)) == uninterrupted
 
 
+def test_a_run_killed_right_after_a_save_every_n_steps_loses_no_logged_step(uninterrupted, corpus, tmp_path):
+    """The save every other step at step 14 (between validations) lands, and the process dies at once: step 14's
+    loss was on disk before its checkpoint, so the resumed curves have every step exactly once."""
+    every_other = ["--checkpoint.every_n_train_steps", "2"]
+    hook = ["--trainer.callbacks+=signal_at_step.KillAfterSave", "--trainer.callbacks.step", "14"]
+    env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    killed = run_cli(*fit_args(corpus, 2 * N, *every_other, *hook), cwd=tmp_path, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
+    resumed = run_cli(*fit_args(corpus, 2 * N, *every_other, "--ckpt_path", "last"), cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(run_dir(tmp_path)) == uninterrupted
+
+
 @pytest.mark.parametrize("trial", range(3))
 def test_a_run_killed_at_a_random_moment_resumes_onto_the_same_curve(uninterrupted, corpus, tmp_path, trial):
     """SIGKILL (no handler runs) at a random moment while a checkpoint is saved every other step, possibly in the
