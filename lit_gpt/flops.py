@@ -23,9 +23,12 @@ def measure_matmul_flops(
     is not held up by 2048² products. What the measurement costs at start-up is in docs/benchmarks.md."""
     cpu = torch.device(device).type == "cpu"
     size = 256 if cpu else n
+    # Its own random stream: how many sizes are timed depends on the machine's load, and draws from the global
+    # stream would change the weights that the model, built after this, is initialised with.
+    generator = torch.Generator(device).manual_seed(0)
     while True:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
+        a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
         start = time.perf_counter()
         F.linear(a, b)
         if size >= n or time.perf_counter() - start > 0.05:
