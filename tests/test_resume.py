@@ -19,6 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # bit-exact comparisons, and fair to the other tests running at once
 N = 20  # steps before the interruption; the runs compare 2N steps
+# the child `lit-gpt fit` imports the test callbacks (tests/signal_at_step.py) by module name
+TESTS_ON_PATH = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
 
 
 def fit_args(corpus: Path, max_steps: int, *extra: str) -> list[str]:
@@ -154,7 +156,7 @@ def test_a_signal_at_any_step_resumes_exactly(uninterrupted, corpus, tmp_path, s
     """The signal arrives during step `step` (sent by the process to itself, tests/signal_at_step.py)."""
     hook = ["--trainer.callbacks+=signal_at_step.SignalAtStep", "--trainer.callbacks.step", str(step),
             "--trainer.callbacks.signal_name", sig.name]  # fmt: skip
-    env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**ONE_THREAD, "PYTHONPATH": TESTS_ON_PATH}
     stopped = run_cli(*fit_args(corpus, 2 * N, *hook), cwd=tmp_path, env=env)
     assert stopped.returncode == 128 + sig, stopped.stderr[-3000:]
     assert f"stopped by {sig.name} at step {step} and saved" in stopped.stderr
@@ -171,7 +173,7 @@ def test_a_run_killed_right_after_a_save_every_n_steps_loses_no_logged_step(unin
     loss was on disk before its checkpoint, so the resumed curves have every step exactly once."""
     every_other = ["--checkpoint.every_n_train_steps", "2"]
     hook = ["--trainer.callbacks+=signal_at_step.KillAfterSave", "--trainer.callbacks.step", "14"]
-    env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**ONE_THREAD, "PYTHONPATH": TESTS_ON_PATH}
     killed = run_cli(*fit_args(corpus, 2 * N, *every_other, *hook), cwd=tmp_path, env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
@@ -204,10 +206,9 @@ def test_under_slurm_sigusr1_saves_and_requeues_the_job(corpus, tmp_path):
     slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lit-gpt", "SLURM_NTASKS": "1", "SLURM_NODELIST": "localhost",
              "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
     path = os.pathsep.join([str(tmp_path / "bin"), os.environ["PATH"]])
-    pythonpath = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     hook = ["--trainer.callbacks+=signal_at_step.SignalAtStep", "--trainer.callbacks.step", "5",
             "--trainer.callbacks.signal_name", "SIGUSR1"]  # fmt: skip
-    env = {**ONE_THREAD, **slurm, "PATH": path, "PYTHONPATH": pythonpath}
+    env = {**ONE_THREAD, **slurm, "PATH": path, "PYTHONPATH": TESTS_ON_PATH}
     r = run_cli(*fit_args(corpus, 2 * N, *hook), cwd=tmp_path, env=env)
     assert r.returncode == 128 + signal.SIGUSR1, r.stderr[-3000:]
     assert "(SLURM job 4242 requeued)" in r.stderr
