@@ -40,12 +40,14 @@ from lit_gpt.lightning_private import should_update_logs
 from lit_gpt.model import GPT, GPTConfig
 from lit_gpt.optim import (
     LrSchedule,
+    NewtonSchulzDtype,
     OptimizerName,
     configure_adamw,
     configure_muon,
     describe_split,
     learning_rates,
     muon_split,
+    newton_schulz_dtype,
     warmup_cosine,
     warmup_stable_decay,
 )
@@ -59,16 +61,23 @@ DEFAULT_COOLDOWN = 0.2
 
 
 def optimizer_problems(
-    optimizer: str, muon_lr: float | None, momentum: float | None, weight_decay: float | None, config: GPTConfig
+    optimizer: str,
+    muon_lr: float | None,
+    momentum: float | None,
+    weight_decay: float | None,
+    config: GPTConfig,
+    ns_dtype: str | None = None,
 ) -> list[str]:
     """What is wrong with the optimizer options, for the one-line config error."""
     if optimizer not in get_args(OptimizerName):
         return [f"optimizer must be one of {', '.join(get_args(OptimizerName))}; got {optimizer!r}"]
-    given = [
-        n
-        for n, v in (("muon_lr", muon_lr), ("muon_momentum", momentum), ("muon_weight_decay", weight_decay))
-        if v is not None
-    ]
+    muon_options = (
+        ("muon_lr", muon_lr),
+        ("muon_momentum", momentum),
+        ("muon_weight_decay", weight_decay),
+        ("muon_ns_dtype", ns_dtype),
+    )
+    given = [n for n, v in muon_options if v is not None]
     if optimizer != "muon":
         return (
             [f"{', '.join(given)} set Muon's options but the optimizer is {optimizer}: add --model.optimizer muon"]
@@ -82,6 +91,8 @@ def optimizer_problems(
         problems.append(f"muon_momentum must be in [0, 1), got {momentum!r}")
     if weight_decay is not None and not weight_decay >= 0:
         problems.append(f"muon_weight_decay must be >= 0, got {weight_decay!r}")
+    if ns_dtype is not None and ns_dtype not in get_args(NewtonSchulzDtype):
+        problems.append(f"muon_ns_dtype must be one of {', '.join(get_args(NewtonSchulzDtype))}, got {ns_dtype!r}")
     if config.bigram:
         problems.append("the bigram model has no matrices inside blocks for Muon to train: use --model.optimizer adamw")
     return problems
@@ -125,6 +136,7 @@ class LitGPT(L.LightningModule):
         muon_lr: float | None = None,
         muon_momentum: float | None = None,
         muon_weight_decay: float | None = None,
+        muon_ns_dtype: NewtonSchulzDtype | None = None,
         lr_schedule: LrSchedule = "cosine",
         cooldown_fraction: float | None = None,
     ) -> None:
@@ -176,6 +188,10 @@ class LitGPT(L.LightningModule):
             muon_lr: Muon's peak learning rate (empty: 0.02); the schedule scales it as it scales learning_rate.
             muon_momentum: Muon's Nesterov momentum, in [0, 1) (empty: 0.95).
             muon_weight_decay: Muon's decoupled weight decay (empty: 0).
+            muon_ns_dtype: The dtype of Muon's Newton-Schulz iteration. Empty: the run's, float32 under
+                trainer.precision 32-true (float64 under 64-true), else bfloat16, torch's own, which is fast where
+                bf16 matmuls are (GPUs, CPUs with AMX) and many times slower than float32 on CPUs without bf16
+                instructions.
             lr_schedule: cosine (warm-up, cosine decay to min_lr), or wsd (warm-up, constant, linear cool-down to
                 min_lr over the last cooldown_fraction of the steps): for runs of unknown length.
             cooldown_fraction: wsd's cool-down, as a fraction of lr_decay_steps (empty: 0.2).
@@ -200,7 +216,7 @@ class LitGPT(L.LightningModule):
             problems.append(f"loss_chunk_size must be a whole number >= 0 (0 is off), got {loss_chunk_size!r}")
         elif loss_chunk_size and config.logit_softcap:
             problems.append("loss_chunk_size does not soft-cap the logits: set loss_chunk_size 0 or logit_softcap 0")
-        problems += optimizer_problems(optimizer, muon_lr, muon_momentum, muon_weight_decay, config)
+        problems += optimizer_problems(optimizer, muon_lr, muon_momentum, muon_weight_decay, config, muon_ns_dtype)
         problems += schedule_problems(lr_schedule, cooldown_fraction)
         problems += cpu_matmul_problems(cpu_matmul)
         problems += attention_kernel_problems(attention_kernel)
@@ -377,6 +393,7 @@ class LitGPT(L.LightningModule):
                     "--model.optimizer muon trains the 2-D matrices inside the blocks, and this model has none to "
                     "train (the bigram model, or every block frozen or under LoRA): use --model.optimizer adamw"
                 )
+            ns_dtype = newton_schulz_dtype(self.trainer.precision, hp.get("muon_ns_dtype"))
             optimizer = configure_muon(
                 muon_params,
                 adamw_params,
@@ -387,9 +404,10 @@ class LitGPT(L.LightningModule):
                 muon_momentum=DEFAULT_MUON_MOMENTUM if hp.get("muon_momentum") is None else hp.muon_momentum,
                 muon_weight_decay=hp.get("muon_weight_decay") or 0.0,
                 fused=fused,
+                ns_dtype=ns_dtype,
             )
             if self.trainer.is_global_zero:
-                print(describe_split(muon_params, adamw_params))
+                print(describe_split(muon_params, adamw_params, ns_dtype))
         else:
             optimizer = configure_adamw(self.model, hp.learning_rate, hp.weight_decay, betas, fused)
         decay_steps = hp.lr_decay_steps or self.trainer.max_steps

@@ -12,6 +12,7 @@ from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz  # torch's
 
 OptimizerName = Literal["adamw", "muon"]
 LrSchedule = Literal["cosine", "wsd"]
+NewtonSchulzDtype = Literal["bfloat16", "float32", "float64"]
 
 
 def configure_adamw(
@@ -70,21 +71,63 @@ def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
     return muon, adamw
 
 
-class Muon(torch.optim.Muon):
-    """``torch.optim.Muon``, with each FSDP2-sharded matrix orthogonalised whole.
+def newton_schulz(
+    update: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """Muon's orthogonalisation of ``update``: torch's Newton-Schulz when ``dtype`` is bfloat16, else the same
+    iteration (coefficients, steps, eps, transposing a tall matrix) in ``dtype``.
 
+    torch's casts every matrix to bfloat16, which is right where bf16 matmuls are the fast ones (GPUs, CPUs with
+    AMX) and wrong for a run the user asked to be float32: a CPU without bf16 instructions emulates each bf16
+    matmul, many times slower than its float32 one, and bf16's rounding turns float32's summation-order differences
+    (ranks, micro-batches) into losses that part (docs/benchmarks.md and docs/distributed.md have both).
+    """
+    if dtype == torch.bfloat16:
+        return _zeropower_via_newtonschulz(update, ns_coefficients, ns_steps, eps)
+    a, b, c = ns_coefficients
+    x = update.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T  # (small, large): the Gram matrix below is small x small
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm = 1
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A²) X
+    return x.T if tall else x
+
+
+def newton_schulz_dtype(precision: str, chosen: str | None = None) -> torch.dtype:
+    """The dtype Muon's Newton-Schulz runs in: ``chosen`` (a ``NewtonSchulzDtype``) if given, else the run's own
+    where the Trainer's ``precision`` is float32 or float64, and torch's bfloat16 otherwise (bf16 and fp16 runs:
+    fp16's range is too narrow for the iteration)."""
+    if chosen is not None:
+        return getattr(torch, chosen)
+    return {"32-true": torch.float32, "32": torch.float32, "64-true": torch.float64, "64": torch.float64}.get(
+        str(precision), torch.bfloat16
+    )
+
+
+class Muon(torch.optim.Muon):
+    """``torch.optim.Muon``, with Newton-Schulz in ``ns_dtype`` and each FSDP2-sharded matrix orthogonalised whole.
+
+    ``ns_dtype`` bfloat16 (the default) is torch's Muon exactly; another dtype runs ``newton_schulz`` in it.
     FSDP2's parameters are DTensors split by rows. torch's Muon would run Newton-Schulz on them as DTensors, which is
     right in exact arithmetic, but each product of row-split bfloat16 matrices then adds the ranks' partial sums in
     bfloat16, rounding otherwise than one process does: the losses part from the first update on, even in float64
     (docs/distributed.md).
     So a sharded matrix's update is gathered whole (one all-gather, as FSDP's forward gathers the weight), put
-    through torch's Newton-Schulz on every rank alike, and each rank keeps its own rows: the step one process takes.
+    through Newton-Schulz on every rank alike, and each rank keeps its own rows: the step one process takes.
     Every rank orthogonalises every matrix; whole (unsharded) parameters step exactly as in torch's Muon.
     """
 
+    def __init__(self, params: list, *, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: object) -> None:
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype  # not a group option: checkpoints stay torch's format, and a resume may change it
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 (torch's signature)
-        if not any(isinstance(p, DTensor) for group in self.param_groups for p in group["params"]):
+        sharded = any(isinstance(p, DTensor) for group in self.param_groups for p in group["params"])
+        if not sharded and self.ns_dtype == torch.bfloat16:
             return super().step(closure)
         loss = None
         if closure is not None:
@@ -102,14 +145,14 @@ class Muon(torch.optim.Muon):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                ns = (group["ns_coefficients"], group["ns_steps"], group["eps"])
+                ns = (group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
                 if isinstance(update, DTensor):
                     mesh, placements = update.device_mesh, update.placements
-                    whole = _zeropower_via_newtonschulz(update.full_tensor(), *ns)
+                    whole = newton_schulz(update.full_tensor(), *ns)
                     replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
                     update = replicated.redistribute(mesh, placements)  # this rank's rows: a slice, no traffic
                 else:
-                    update = _zeropower_via_newtonschulz(update, *ns)
+                    update = newton_schulz(update, *ns)
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
         return loss
@@ -161,22 +204,32 @@ def configure_muon(
     muon_momentum: float,
     muon_weight_decay: float,
     fused: bool | None = None,
+    ns_dtype: torch.dtype = torch.bfloat16,
 ) -> MuonAdamW:
-    """Muon (Nesterov momentum, torch's Newton-Schulz) on ``muon_params``; ``configure_adamw`` on the rest. The two
-    lists are ``muon_split``'s."""
+    """Muon (Nesterov momentum, Newton-Schulz in ``ns_dtype``: ``newton_schulz_dtype`` of the run's precision) on
+    ``muon_params``; ``configure_adamw`` on the rest. The two lists are ``muon_split``'s."""
     muon = Muon(
-        [{"params": muon_params, "name": "muon"}], lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay
+        [{"params": muon_params, "name": "muon"}],
+        lr=muon_lr,
+        momentum=muon_momentum,
+        weight_decay=muon_weight_decay,
+        ns_dtype=ns_dtype,
     )
     return MuonAdamW(muon, configure_adamw(adamw_params, lr, weight_decay, betas, fused))
 
 
-def describe_split(muon: list[nn.Parameter], adamw: list[nn.Parameter]) -> str:
-    """One line: what Muon and AdamW each train (tensors and parameters), from ``muon_split``'s lists."""
+def describe_split(muon: list[nn.Parameter], adamw: list[nn.Parameter], ns_dtype: torch.dtype = torch.bfloat16) -> str:
+    """One line: what Muon and AdamW each train (tensors and parameters), from ``muon_split``'s lists, and the dtype
+    of Muon's Newton-Schulz."""
 
     def count(ps: list[nn.Parameter]) -> str:
         return f"{len(ps)} tensors, {sum(p.numel() for p in ps):,} parameters"
 
-    return f"optimizer: Muon on the blocks' matrices ({count(muon)}); AdamW on the rest ({count(adamw)})"
+    ns = str(ns_dtype).removeprefix("torch.")
+    return (
+        f"optimizer: Muon on the blocks' matrices ({count(muon)}; Newton-Schulz in {ns}); "
+        f"AdamW on the rest ({count(adamw)})"
+    )
 
 
 def warmup_stable_decay(
