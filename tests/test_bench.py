@@ -1,5 +1,6 @@
 """The benchmark scripts still run and report what docs/benchmarks.md shows (tiny model, few steps)."""
 
+import importlib
 import json
 import os
 import re
@@ -192,15 +193,22 @@ def test_time_to_loss_reports_the_first_exact_validation_under_the_target(tmp_pa
     assert "| adamw |" in text and "| muon |" in text and (tmp_path / "speedrun_tiny.png").stat().st_size > 10_000
 
 
-def test_bench_precision_times_float32_and_bf16_steps_from_the_runs_own_clock(tmp_path, corpus, monkeypatch):
-    import bench_precision
-
+@pytest.mark.parametrize(
+    ("script", "runs"),
+    [
+        ("bench_precision", ["32-true", "bf16-mixed"]),
+        ("bench_muon", ["adamw", "muon, Newton-Schulz in bfloat16", "muon, Newton-Schulz in float32"]),
+    ],
+)
+def test_step_time_benchmarks_time_each_run_from_its_own_clock(tmp_path, corpus, monkeypatch, script, runs):
+    # bench_precision: float32 against bf16-mixed; bench_muon: AdamW against Muon in both Newton-Schulz dtypes
+    bench = importlib.import_module(script)
     monkeypatch.chdir(tmp_path)
-    ms = bench_precision.main([
+    ms = bench.main([
         "--config", str(ROOT / "configs" / "shakespeare_char_cpu.yaml"), "--steps", "10", "--log_every", "2",
         "--rounds", "1", *TINY, "--data.source", str(corpus),
     ])  # fmt: skip
-    assert set(ms) == {"32-true", "bf16-mixed"}
+    assert list(ms) == runs
     assert all(0 < v < 10_000 for v in ms.values()), ms  # a broken clock reads 0 or the whole run's start-up
 
 
