@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--log_every", type=int, default=5, help="steps between clock readings")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of float32 and bf16 runs")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
+    parser.add_argument("--section", help="the docs/benchmarks.md section (default: from the config)")
     args, extra = parser.parse_known_args(argv)
     times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,10 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ]
     print("\n".join(lines))
     if args.write:
+        section = args.section or f"bf16-mixed against float32: {config}"
         command = " ".join(["python scripts/bench_precision.py", "--config", str(config), "--steps", str(args.steps),
-                            "--rounds", str(args.rounds), *extra, "--write"])  # fmt: skip
-        write_section(f"bf16-mixed against float32: {config}", datetime.date.today().isoformat(), machine(), command,
-                      lines)  # fmt: skip
+                            "--rounds", str(args.rounds), *extra, "--write",
+                            *(["--section", shlex.quote(args.section)] if args.section else [])])  # fmt: skip
+        write_section(section, datetime.date.today().isoformat(), machine(), command, lines)
     return ms
 
 
