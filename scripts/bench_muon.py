@@ -7,16 +7,15 @@ start-up excluded) over its steps after the first logging interval (warm-up), as
 
 Which Newton-Schulz dtype is faster depends on the processor (bf16 matmuls are fast with AMX or on a GPU, emulated
 and many times slower on CPUs without bf16 instructions) and on the shape: the figure is for this machine and this
-config only. ``--write`` replaces this script's section of docs/benchmarks.md. Run under ``ISA_LIMITS`` (for
-example ``ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2``), the libraries use only
-those instructions, as on a CPU without bf16 ones; the section names them.
+config only. ``--write`` replaces this script's section of docs/benchmarks.md. Run under benchmarks_doc's
+``ISA_LIMITS`` (for example ``ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2``), the
+libraries use only those instructions, as on a CPU without bf16 ones; the section names them.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import statistics
 import sys
 import tempfile
@@ -26,9 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_precision import step_ms  # noqa: E402
-from benchmarks_doc import machine, write_section  # noqa: E402
+from benchmarks_doc import isa_limits, machine, write_section  # noqa: E402
 
-ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 ARMS = {
     "adamw": ["--model.optimizer", "adamw", "--model.muon_lr", "null"],
     "muon, Newton-Schulz in bfloat16": ["--model.optimizer", "muon", "--model.muon_ns_dtype", "bfloat16"],
@@ -72,13 +70,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ]
     print("\n".join(lines))
     if args.write:
-        limits = " ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ)
+        limits = isa_limits()
         options = ["--config", str(config), "--precision", args.precision, "--steps", str(args.steps),
                    "--log_every", str(args.log_every), "--rounds", str(args.rounds), *extra, "--write"]  # fmt: skip
         command = " ".join([limits, "python scripts/bench_muon.py", *options]).strip()
         name = f"Muon's step against AdamW's: {config}, {args.precision}" + (", instructions limited" if limits else "")
-        extras = [f"instructions limited by {limits}"] if limits else []
-        write_section(name, datetime.date.today().isoformat(), machine(*extras), command, lines)
+        write_section(name, datetime.date.today().isoformat(), machine(), command, lines)
     return ms
 
 

@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmarks_doc import machine, write_section  # noqa: E402
+from benchmarks_doc import isa_limits, machine, write_section  # noqa: E402
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print("\n".join(lines))
     if args.write:
         section = args.section or f"bf16-mixed against float32: {config}"
-        command = " ".join(["python scripts/bench_precision.py", "--config", str(config), "--steps", str(args.steps),
-                            "--rounds", str(args.rounds), *extra, "--write",
-                            *(["--section", shlex.quote(args.section)] if args.section else [])])  # fmt: skip
+        options = ["--config", str(config), "--steps", str(args.steps), "--log_every", str(args.log_every),
+                   "--rounds", str(args.rounds), *extra, "--write",
+                   *(["--section", shlex.quote(args.section)] if args.section else [])]  # fmt: skip
+        command = " ".join([isa_limits(), "python scripts/bench_precision.py", *options]).strip()
         write_section(section, datetime.date.today().isoformat(), machine(), command, lines)
     return ms
 

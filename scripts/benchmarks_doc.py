@@ -56,8 +56,21 @@ def cpu_name() -> str:
     return f"{model}{f' family {family.group(1)}' if family else ''} ({bf16})"
 
 
+# Environment variables that hold the math libraries to fewer instructions than the CPU has (e.g. all three at
+# AVX2: a CPU without bf16 instructions), so one machine can measure what another kind of CPU would do.
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+def isa_limits() -> str:
+    """``NAME=value`` for each of ``ISA_LIMITS`` set in this process's environment, space-separated; '' if none."""
+    return " ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ)
+
+
 def machine(*extra: str) -> str:
-    """The machine line of a section: architecture, processor, cores, torch, and what else the benchmark names."""
+    """The machine line of a section: architecture, processor, cores, torch, any instruction limits, and what else
+    the benchmark names."""
     import torch
 
-    return ", ".join([platform.machine(), cpu_name(), f"{os.cpu_count()} cores", f"torch {torch.__version__}", *extra])
+    limits = [f"instructions limited by {isa_limits()}"] if isa_limits() else []
+    cores = f"{os.cpu_count()} cores"
+    return ", ".join([platform.machine(), cpu_name(), cores, f"torch {torch.__version__}", *limits, *extra])
