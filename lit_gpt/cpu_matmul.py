@@ -106,6 +106,24 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def bf16_matmuls_native() -> bool:
+    """Whether this CPU runs bf16 matmuls in oneDNN's kernels (x86 with AVX-512 or AMX, Arm with BF16), torch's own
+    test. Where it does not (x86 with AVX2 only, Apple M1), torch falls back to a generic bf16 kernel many times
+    slower than float32's: bf16-mixed then slows a whole run down (docs/benchmarks.md)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: absent in a build, assume yes
+    return True if check is None else bool(check())
+
+
+def slow_bf16_warning(precision: str, device: torch.device) -> str | None:
+    """The one-line warning for a bf16 run on a CPU without native bf16 matmuls, or None."""
+    if device.type != "cpu" or "bf16" not in str(precision) or bf16_matmuls_native():
+        return None
+    return (
+        "this CPU has none of the instructions PyTorch's bf16 matmul kernels need (AVX-512 or AMX on x86, BF16 on "
+        f"Arm), so --trainer.precision {precision} runs many times slower than float32: use --trainer.precision 32-true"
+    )
+
+
 @cache
 def _cpuinfo() -> str:
     """/proc/cpuinfo's text, read once; empty where there is none (not Linux)."""

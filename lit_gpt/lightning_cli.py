@@ -23,8 +23,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from lit_gpt.callbacks import ProgressBar, SampleText, TokenThroughput
+from lit_gpt.cpu_matmul import slow_bf16_warning
 from lit_gpt.data import TextDataModule
-from lit_gpt.errors import LitGPTError
+from lit_gpt.errors import LitGPTError, report_rank_zero
 from lit_gpt.global_batch import GlobalBatch
 from lit_gpt.init_from import prepare_init_from
 from lit_gpt.lightning_module import LitGPT
@@ -82,6 +83,8 @@ class LitGPTCLI(LightningCLI):
 
     def before_fit(self) -> None:
         GlobalBatch.apply(self.trainer, self.datamodule)  # before the ranks start: a bad value is reported once
+        if warning := slow_bf16_warning(self.trainer.precision, self.trainer.strategy.root_device):
+            report_rank_zero(warning, prefix="lit-gpt: warning")
         # Atomic checkpoint writes; --ckpt_path last resolved (the parsed config says whether the run is named).
         prepare_run(self.trainer, self.config_init[self.subcommand], self.config[self.subcommand])
         self._new_run_folder = new_run_folder(self.trainer)

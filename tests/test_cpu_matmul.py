@@ -1,5 +1,6 @@
 """float32 CPU matmuls on oneDNN (lit_gpt/cpu_matmul.py): the same numbers as F.linear, on every path a user trains."""
 
+import platform
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,21 @@ def test_a_bad_choice_is_one_clear_error(tmp_path, corpus):
     assert "cpu_matmul" in r.stderr and "onednn" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(Exception, match="cpu_matmul must be auto, onednn or aten"):
         LitGPT(cpu_matmul="mkl")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN's ISA limit is x86's")
+@pytest.mark.parametrize(("precision", "warned"), [("bf16-mixed", True), ("32-true", False)])
+def test_a_bf16_run_on_a_cpu_without_native_bf16_matmuls_says_to_train_in_float32(tmp_path, corpus, precision, warned):
+    # ONEDNN_MAX_CPU_ISA=AVX2 holds oneDNN to what an AVX2-only CPU has: torch's bf16 matmuls then take the slow
+    # fallback, which made the speedrun recipe's bf16-mixed step 16x its float32 one (docs/benchmarks.md).
+    r = run_cli(
+        "fit", *TINY, "--data.source", str(corpus), "--trainer.precision", precision, "--trainer.max_steps", "1",
+        "--sample.max_new_tokens", "0", "--trainer.enable_progress_bar", "false",
+        cwd=tmp_path, env={"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("lit-gpt: warning")]
+    if warned:
+        assert len(lines) == 1 and "use --trainer.precision 32-true" in lines[0], r.stderr[-3000:]
+    else:
+        assert lines == [], lines
