@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_precision import step_ms  # noqa: E402
 from benchmarks_doc import isa_limits, machine, write_section  # noqa: E402
 
+from lit_gpt.optim import newton_schulz_dtype  # noqa: E402
+
 ARMS = {
     "adamw": ["--model.optimizer", "adamw", "--model.muon_lr", "null"],
     "muon, Newton-Schulz in bfloat16": ["--model.optimizer", "muon", "--model.muon_ns_dtype", "bfloat16"],
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if Path(args.config).resolve().is_relative_to(ROOT)
         else args.config
     )
-    default = "float32" if args.precision.startswith("32") else "bfloat16"
+    default = str(newton_schulz_dtype(args.precision)).removeprefix("torch.")
     lines = [
         f"`--trainer.precision {args.precision}`, where Muon's Newton-Schulz runs in {default} unless "
         "`--model.muon_ns_dtype` says otherwise.",
