@@ -102,9 +102,7 @@ def newton_schulz_dtype(precision: str, chosen: str | None = None) -> torch.dtyp
     fp16's range is too narrow for the iteration)."""
     if chosen is not None:
         return getattr(torch, chosen)
-    return {"32-true": torch.float32, "32": torch.float32, "64-true": torch.float64, "64": torch.float64}.get(
-        str(precision), torch.bfloat16
-    )
+    return {"32-true": torch.float32, "64-true": torch.float64}.get(str(precision), torch.bfloat16)  # Lightning's names
 
 
 class Muon(torch.optim.Muon):

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_precision import step_ms  # noqa: E402
-from benchmarks_doc import isa_limits, machine, write_section  # noqa: E402
+from benchmarks_doc import isa_limits, machine, repo_path, write_section  # noqa: E402
 
 from lit_gpt.optim import newton_schulz_dtype  # noqa: E402
 
@@ -53,11 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     step_ms(args.config, args.precision, args.steps, args.log_every, Path(tmp), [*extra, *options])
                 )
     ms = {arm: statistics.median(v) for arm, v in times.items()}
-    config = (
-        Path(args.config).resolve().relative_to(ROOT)
-        if Path(args.config).resolve().is_relative_to(ROOT)
-        else args.config
-    )
+    config = repo_path(args.config)
     default = str(newton_schulz_dtype(args.precision)).removeprefix("torch.")
     lines = [
         f"`--trainer.precision {args.precision}`, where Muon's Newton-Schulz runs in {default} unless "

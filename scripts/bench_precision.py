@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmarks_doc import isa_limits, machine, write_section  # noqa: E402
+from benchmarks_doc import isa_limits, machine, repo_path, write_section  # noqa: E402
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -66,11 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 times[precision].append(step_ms(args.config, precision, args.steps, args.log_every, Path(tmp), extra))
     ms = {p: statistics.median(v) for p, v in times.items()}
     ratio = ms["32-true"] / ms["bf16-mixed"]
-    config = (
-        Path(args.config).resolve().relative_to(ROOT)
-        if Path(args.config).resolve().is_relative_to(ROOT)
-        else args.config
-    )
+    config = repo_path(args.config)
     lines = [
         "| precision | ms/step (median of runs) | runs |",
         "|---|---|---|",

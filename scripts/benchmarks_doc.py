@@ -8,7 +8,8 @@ import platform
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
 
 Every figure here is written by a script in `scripts/`, with the command, the date and the machine. The anchors
@@ -37,6 +38,12 @@ def write_section(
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text, encoding="utf-8")
+
+
+def repo_path(path: str) -> str:
+    """``path`` as a command in a section shows it: relative to the repository when inside it, else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
 
 
 def cpu_name() -> str:
